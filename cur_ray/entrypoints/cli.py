@@ -1,0 +1,241 @@
+"""The ``cur-ray`` command line. It only parses arguments and dispatches to services.
+
+Exit codes: 0 success; 1 a job or one of its projects failed; 2 bad usage (invalid
+argument, unknown or disabled project).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cur_ray.adapters.crypto import generate_key
+from cur_ray.adapters.db.engine import upgrade_database
+from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFoundError
+from cur_ray.logs import configure_logging
+from cur_ray.services import files as files_service
+from cur_ray.services import projects as projects_service
+from cur_ray.services.context import AppContext
+from cur_ray.services.cur_fetch import run_cur_fetch_batch
+from cur_ray.settings import load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+projects_app = typer.Typer(no_args_is_help=True, help="Project connections.")
+secrets_app = typer.Typer(no_args_is_help=True, help="Encryption of stored secrets.")
+app.add_typer(db_app, name="db")
+app.add_typer(projects_app, name="projects")
+app.add_typer(secrets_app, name="secrets")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_USAGE_ERRORS = (InvalidInputError, NotFoundError, ConflictError)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+T = TypeVar("T")
+
+
+def _fail(error: CurRayError, as_json: bool) -> NoReturn:
+    code = EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_FAILED
+    if as_json:
+        print(json.dumps({"error": {"code": error.code, "message": error.message}}))
+    else:
+        Console(stderr=True).print(f"[red]error:[/red] {error.message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _context(as_json: bool = False) -> Iterator[AppContext]:
+    """Settings, logging and the process's database; CurRayError → message and exit code."""
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        ctx = AppContext.from_settings(settings)
+    except CurRayError as exc:
+        _fail(exc, as_json)
+    try:
+        yield ctx
+    except CurRayError as exc:
+        _fail(exc, as_json)
+    finally:
+        ctx.close()
+
+
+def _in_transaction(ctx: AppContext, work: Callable[[Any], T]) -> T:
+    with ctx.db.transaction() as session:
+        return work(session)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate DATABASE_URL to the newest schema."""
+    settings = load_settings()
+    try:
+        upgrade_database(settings.database_url)
+    except CurRayError as exc:
+        _fail(exc, False)
+    typer.echo("database is up to date")
+
+
+# --------------------------------------------------------------------- projects
+@projects_app.command("add")
+def projects_add(
+    project_id: Annotated[str, typer.Argument(help="Project id: [A-Za-z0-9][A-Za-z0-9_-]{0,63}")],
+    storage_url: Annotated[
+        str, typer.Option("--storage-url", help="s3://bucket/prefix or file:///absolute/folder")
+    ],
+    role_arn: Annotated[str | None, typer.Option("--role-arn")] = None,
+    external_id: Annotated[
+        str | None, typer.Option("--external-id", help="Stored encrypted (CUR_SECRETS_KEY).")
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a project connection."""
+    with _context(as_json) as ctx:
+        view = _in_transaction(
+            ctx,
+            lambda s: projects_service.add_project(
+                s,
+                ctx.settings,
+                project_id=project_id,
+                storage_url=storage_url,
+                role_arn=role_arn,
+                external_id=external_id,
+                region=region,
+                endpoint_url=endpoint_url,
+            ),
+        )
+    _print_json(view.as_dict()) if as_json else typer.echo(f"added project {view.project_id}")
+
+
+@projects_app.command("list")
+def projects_list(as_json: JsonFlag = False) -> None:
+    """List project connections."""
+    with _context(as_json) as ctx:
+        views = _in_transaction(ctx, projects_service.list_projects)
+    if as_json:
+        _print_json([v.as_dict() for v in views])
+        return
+    table = Table("project", "enabled", "storage", "role", "external id")
+    for v in views:
+        table.add_row(
+            v.project_id,
+            str(v.enabled),
+            v.storage_url,
+            v.role_arn or "-",
+            "set" if v.has_external_id else "-",
+        )
+    Console().print(table)
+
+
+def _set_enabled(project_id: str, enabled: bool, as_json: bool) -> None:
+    with _context(as_json) as ctx:
+        view = _in_transaction(ctx, lambda s: projects_service.set_enabled(s, project_id, enabled))
+    state = "enabled" if enabled else "disabled"
+    _print_json(view.as_dict()) if as_json else typer.echo(f"{state} project {project_id}")
+
+
+@projects_app.command("enable")
+def projects_enable(project_id: str, as_json: JsonFlag = False) -> None:
+    """Enable a project."""
+    _set_enabled(project_id, True, as_json)
+
+
+@projects_app.command("disable")
+def projects_disable(project_id: str, as_json: JsonFlag = False) -> None:
+    """Disable a project (global jobs skip it; targeted jobs are refused)."""
+    _set_enabled(project_id, False, as_json)
+
+
+# ---------------------------------------------------------------------- secrets
+@secrets_app.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new key for CUR_SECRETS_KEY."""
+    typer.echo(generate_key())
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of CUR_SECRETS_KEY."""
+    with _context() as ctx:
+        count = _in_transaction(ctx, lambda s: projects_service.rotate_secrets(s, ctx.settings))
+    typer.echo(f"re-encrypted {count} secret(s)")
+
+
+# ---------------------------------------------------------------------- batches
+@app.command("fetch")
+def fetch(
+    project_id: Annotated[
+        str | None, typer.Argument(help="One project; all enabled if omitted")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batch A: discover CUR files into finops_billing_files."""
+    with _context(as_json) as ctx:
+        result = run_cur_fetch_batch(project_id, ctx=ctx)
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        table = Table("project", "listed", "registered", "requeued", "superseded", "error")
+        for p in result.projects:
+            table.add_row(
+                p.projectId,
+                str(p.listed),
+                str(p.registered),
+                str(p.requeued),
+                str(p.superseded),
+                p.error or "",
+            )
+        Console().print(table)
+    if result.failed_projects:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("files")
+def files(
+    project_id: Annotated[str | None, typer.Argument()] = None,
+    status: Annotated[str | None, typer.Option("--status", help="PENDING, DONE, ERROR, …")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List billing files."""
+    with _context(as_json) as ctx:
+        rows = _in_transaction(ctx, lambda s: files_service.list_files(s, project_id, status))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("project", "period", "key", "format", "status", "attempts", "error")
+    for r in rows:
+        table.add_row(
+            r["project_id"],
+            r["billing_period"],
+            r["object_key"],
+            r["format"],
+            r["status"],
+            str(r["attempts"]),
+            r["error_message"] or "",
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
