@@ -20,9 +20,11 @@ from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
 from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFoundError
 from cur_ray.logs import configure_logging
+from cur_ray.services import costs as costs_service
 from cur_ray.services import files as files_service
 from cur_ray.services import projects as projects_service
 from cur_ray.services.context import AppContext
+from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
 from cur_ray.services.cur_fetch import run_cur_fetch_batch
 from cur_ray.settings import load_settings
 
@@ -30,9 +32,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 projects_app = typer.Typer(no_args_is_help=True, help="Project connections.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Encryption of stored secrets.")
+costs_app = typer.Typer(no_args_is_help=True, help="Read the cost tables.")
 app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(costs_app, name="costs")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -231,6 +235,122 @@ def files(
             r["error_message"] or "",
         )
     Console().print(table)
+
+
+@app.command("aggregate")
+def aggregate(
+    project_id: Annotated[
+        str | None, typer.Argument(help="One project; all enabled if omitted")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most N files (CUR_AGGREGATE_MAX_FILES)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batch B: aggregate PENDING files into the cost tables."""
+    with _context(as_json) as ctx:
+        result = run_cur_aggregate_batch(project_id, limit, ctx=ctx)
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        typer.echo(
+            f"claimed {result.claimed}, done {result.done}, failed {len(result.failed)}, "
+            f"skipped {result.skipped}, rows {result.rowsRead}, "
+            f"{result.durationSeconds:.2f}s"
+        )
+        for failure in result.failed:
+            typer.echo(f"  ERROR {failure.projectId} {failure.objectKey}: {failure.error}")
+    if result.failed or result.projectErrors:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("requeue")
+def requeue(
+    project_id: Annotated[str | None, typer.Argument()] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send ERROR files back to PENDING (attempts kept)."""
+    with _context(as_json) as ctx:
+        count = _in_transaction(ctx, lambda s: files_service.requeue_errors(s, project_id))
+    if as_json:
+        _print_json({"projectId": project_id, "requeued": count})
+    else:
+        typer.echo(f"requeued {count} file(s)")
+
+
+FromOption = Annotated[str | None, typer.Option("--from", help="First billing period, YYYY-MM")]
+ToOption = Annotated[str | None, typer.Option("--to", help="Last billing period, YYYY-MM")]
+
+
+@costs_app.command("monthly")
+def costs_monthly(
+    project_id: str, start: FromOption = None, end: ToOption = None, as_json: JsonFlag = False
+) -> None:
+    """Monthly costs by account, service and charge category."""
+    with _context(as_json) as ctx:
+        rows = _in_transaction(
+            ctx, lambda s: costs_service.monthly_costs(s, project_id, start, end)
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    Console().print(render_monthly_table(rows))
+
+
+@costs_app.command("daily")
+def costs_daily(
+    project_id: str, start: FromOption = None, end: ToOption = None, as_json: JsonFlag = False
+) -> None:
+    """Daily costs by account."""
+    with _context(as_json) as ctx:
+        rows = _in_transaction(ctx, lambda s: costs_service.daily_costs(s, project_id, start, end))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("date", "account", "currency", "unblended", "amortized", "lines")
+    for r in rows:
+        table.add_row(
+            r["usage_date"],
+            r["usage_account_id"],
+            r["currency"],
+            _money(r["unblended_cost"]),
+            _money(r["amortized_cost"]),
+            str(r["line_items"]),
+        )
+    Console().print(table)
+
+
+def _money(value: str | None) -> str:
+    return "-" if value is None else f"{float(value):,.2f}"
+
+
+def render_monthly_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
+    """A readable table of monthly cost rows."""
+    table = Table(
+        "period",
+        "account",
+        "service",
+        "category",
+        "currency",
+        "unblended",
+        "amortized",
+        "net amortized",
+        "list",
+        title=title,
+    )
+    for r in rows:
+        table.add_row(
+            r["billing_period"],
+            r["usage_account_id"],
+            r["service_name"] or r["service_code"],
+            r["charge_category"],
+            r["currency"],
+            _money(r["unblended_cost"]),
+            _money(r["amortized_cost"]),
+            _money(r["net_amortized_cost"]),
+            _money(r["list_cost"]),
+        )
+    return table
 
 
 def main() -> None:

@@ -1,0 +1,339 @@
+"""Batch B ("cur-aggregate"): claim PENDING files, aggregate them exactly, write per project.
+
+Flow per project: claim (atomic, leased) → read every work unit with Arrow and aggregate
+(:func:`aggregate_file`, or a runner that spreads units over Ray tasks) → one transaction
+writing the files' partial aggregates, their statuses and the recomputed summaries of every
+affected billing period. A crash before that commit leaves nothing counted: the claims'
+leases expire and another run takes the files again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from cur_ray.adapters.db import claims
+from cur_ray.adapters.db.costs import recompute_period_summaries, replace_file_costs
+from cur_ray.adapters.readers import aggregate_work_unit, plan_work_units
+from cur_ray.adapters.storage import FileSystemSpec, open_filesystem
+from cur_ray.domain.aggregation import merge_partials
+from cur_ray.errors import (
+    ConfigurationError,
+    CurRayError,
+    DatabaseError,
+    InvalidInputError,
+    TransientStorageError,
+)
+from cur_ray.logs import log_context
+from cur_ray.services.context import AppContext, default_context
+from cur_ray.services.projects import ConnectionSnapshot, open_object_store, target_connections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often transient read errors are retried, with exponential backoff."""
+
+    retries: int = 3
+    base_seconds: float = 0.5
+
+    def retrying(self) -> Retrying:
+        """A tenacity controller that retries only :class:`TransientStorageError`."""
+        return Retrying(
+            retry=retry_if_exception_type(TransientStorageError),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.base_seconds, max=30),
+            reraise=True,
+        )
+
+
+@dataclass
+class FileOutcome:
+    """The result of reading one claimed file."""
+
+    file: claims.ClaimedFile
+    partials: pa.Table | None = None
+    rows_read: int = 0
+    bytes_read: int = 0
+    source_format: str | None = None
+    error: str | None = None
+
+
+def aggregate_file(
+    spec: FileSystemSpec, file: claims.ClaimedFile, policy: RetryPolicy
+) -> FileOutcome:
+    """Read one file unit by unit and merge its partial aggregates (in this process).
+
+    Transient storage errors are retried with backoff; any other failure, or a transient
+    one that outlasts the retries, becomes the outcome's readable ``error``.
+    """
+    outcome = FileOutcome(file=file)
+    try:
+        fs = open_filesystem(spec)
+        path = spec.path_for(file.object_key)
+        units = policy.retrying()(plan_work_units, fs, path, file.object_key)
+        partials = []
+        for unit in units:
+            result = policy.retrying()(aggregate_work_unit, fs, unit)
+            partials.append(result.partials)
+            outcome.rows_read += result.rows_read
+            outcome.bytes_read += result.bytes_read
+            outcome.source_format = result.source_format.value
+        outcome.partials = merge_partials(partials)
+        outcome.source_format = outcome.source_format or file.format
+    except CurRayError as exc:
+        outcome.error = exc.message
+    except Exception as exc:  # a reader bug must fail this file only
+        log.exception("unexpected error while reading", extra={"objectKey": file.object_key})
+        outcome.error = f"internal error while reading: {type(exc).__name__}: {exc}"
+    return outcome
+
+
+class FileRunner(Protocol):
+    """Reads a project's claimed files; the Ray runtime supplies a distributed one."""
+
+    def __call__(
+        self,
+        spec: FileSystemSpec,
+        files: Sequence[claims.ClaimedFile],
+        policy: RetryPolicy,
+        on_progress: Callable[[], None],
+    ) -> Iterable[FileOutcome]:
+        """Yield one outcome per file, in any order."""
+        ...
+
+
+def run_in_process(
+    spec: FileSystemSpec,
+    files: Sequence[claims.ClaimedFile],
+    policy: RetryPolicy,
+    on_progress: Callable[[], None],
+) -> Iterable[FileOutcome]:
+    """The simplest runner: one file after another in this process."""
+    for file in files:
+        with log_context(objectKey=file.object_key):
+            yield aggregate_file(spec, file, policy)
+        on_progress()
+
+
+@dataclass
+class FailedFile:
+    """A file that ended in ``ERROR``."""
+
+    projectId: str  # camelCase: the JSON field names of the API
+    objectKey: str
+    error: str
+
+
+@dataclass
+class AggregateResult:
+    """The result of one Batch B run (SPEC §1 Batch B.7)."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: list[FailedFile] = field(default_factory=list)
+    skipped: int = 0
+    lost: int = 0  # claims lost to lease expiry or re-delivery before the write
+    rowsRead: int = 0
+    bytesRead: int = 0
+    durationSeconds: float = 0.0
+    projectErrors: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored as the job result)."""
+        data = asdict(self)
+        data["failedCount"] = len(self.failed)
+        data["durationSeconds"] = round(self.durationSeconds, 3)
+        return data
+
+
+def new_worker_id() -> str:
+    """A claim holder id naming host, process and run (visible in ``claimed_by``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_cur_aggregate_batch(
+    project_id: str | None = None,
+    limit: int | None = None,
+    *,
+    ctx: AppContext | None = None,
+    runner: FileRunner | None = None,
+    worker_id: str | None = None,
+    on_claimed: Callable[[int], None] | None = None,
+    on_progress: Callable[[], None] | None = None,
+) -> AggregateResult:
+    """Aggregate up to ``limit`` PENDING files of one project or of all enabled projects.
+
+    The limit (default ``CUR_AGGREGATE_MAX_FILES``) is shared fairly across projects. Each
+    project's results are written in one transaction. Unknown project: NotFoundError;
+    disabled: ConflictError; database or settings failures raise, file failures do not.
+    """
+    ctx = ctx or default_context()
+    limit = ctx.settings.cur_aggregate_max_files if limit is None else limit
+    if limit < 1:
+        raise InvalidInputError("limit must be at least 1")
+    runner = runner or run_in_process
+    worker_id = worker_id or new_worker_id()
+    lease = dt.timedelta(seconds=ctx.settings.cur_lease_seconds)
+    policy = RetryPolicy(ctx.settings.cur_read_retries, ctx.settings.cur_read_retry_base_seconds)
+    started = time.monotonic()
+    result = AggregateResult()
+
+    with ctx.db.transaction() as session:
+        targets = [ConnectionSnapshot.of(row) for row in target_connections(session, project_id)]
+    claimed = _claim_fairly(ctx, [t.project_id for t in targets], limit, worker_id, lease, result)
+    if on_claimed:
+        on_claimed(result.claimed)
+    log.info("cur-aggregate claimed files", extra={"claimed": result.claimed, "worker": worker_id})
+
+    for connection in targets:
+        files = claimed.get(connection.project_id, [])
+        if not files:
+            continue
+        with log_context(projectId=connection.project_id):
+            _aggregate_project(
+                ctx,
+                connection,
+                files,
+                runner,
+                policy,
+                worker_id,
+                lease,
+                result,
+                on_progress or (lambda: None),
+            )
+    result.durationSeconds = time.monotonic() - started
+    log.info(
+        "cur-aggregate finished",
+        extra={"done": result.done, "failed": len(result.failed), "skipped": result.skipped},
+    )
+    return result
+
+
+def _claim_fairly(
+    ctx: AppContext,
+    project_ids: list[str],
+    limit: int,
+    worker_id: str,
+    lease: dt.timedelta,
+    result: AggregateResult,
+) -> dict[str, list[claims.ClaimedFile]]:
+    """Share ``limit`` across projects round by round, so a big backlog cannot starve others."""
+    claimed: dict[str, list[claims.ClaimedFile]] = {}
+    remaining, active = limit, list(project_ids)
+    while remaining > 0 and active:
+        share = max(1, remaining // len(active))
+        still_pending = []
+        for pid in active:
+            if remaining <= 0:
+                break
+            want = min(share, remaining)
+            with ctx.db.transaction() as session:
+                got, skipped = claims.claim_files(session, pid, want, worker_id, lease)
+            claimed.setdefault(pid, []).extend(got)
+            remaining -= len(got)
+            result.claimed += len(got)
+            result.skipped += skipped
+            if len(got) == want:
+                still_pending.append(pid)
+        active = still_pending
+    return claimed
+
+
+def _aggregate_project(
+    ctx: AppContext,
+    connection: ConnectionSnapshot,
+    files: list[claims.ClaimedFile],
+    runner: FileRunner,
+    policy: RetryPolicy,
+    worker_id: str,
+    lease: dt.timedelta,
+    result: AggregateResult,
+    on_progress: Callable[[], None],
+) -> None:
+    log.info("project aggregation started", extra={"files": len(files)})
+    try:
+        spec = open_object_store(connection, ctx.settings, ctx.credentials).filesystem_spec()
+    except (DatabaseError, ConfigurationError):
+        raise
+    except CurRayError as exc:
+        outcomes = [FileOutcome(file=f, error=exc.message) for f in files]
+        result.projectErrors.append({"projectId": connection.project_id, "error": exc.message})
+    else:
+        outcomes = []
+        renewed_at = time.monotonic()
+        for outcome in runner(spec, files, policy, on_progress):
+            outcomes.append(outcome)
+            if time.monotonic() - renewed_at > lease.total_seconds() / 3:
+                with ctx.db.transaction() as session:
+                    claims.renew_leases(session, [f.id for f in files], worker_id, lease)
+                renewed_at = time.monotonic()
+    _write_project(ctx, connection.project_id, outcomes, worker_id, result)
+
+
+def _write_project(
+    ctx: AppContext,
+    project_id: str,
+    outcomes: list[FileOutcome],
+    worker_id: str,
+    result: AggregateResult,
+) -> None:
+    """One transaction: file costs, statuses and the summaries of every affected period."""
+    periods: set[dt.date] = set()
+    done = failed = 0
+    failures: list[FailedFile] = []
+    rows = bytes_read = 0
+    with ctx.db.transaction() as session:
+        held = claims.still_held(session, [o.file for o in outcomes], worker_id)
+        for outcome in outcomes:
+            file = outcome.file
+            if file.id not in held:
+                result.lost += 1
+                log.warning("claim lost before write", extra={"objectKey": file.object_key})
+                continue
+            if outcome.error is None and outcome.partials is not None:
+                replace_file_costs(session, file.id, project_id, outcome.partials)
+                claims.mark_done(
+                    session,
+                    file,
+                    source_format=outcome.source_format or file.format,
+                    rows_read=outcome.rows_read,
+                    bytes_read=outcome.bytes_read,
+                )
+                periods.add(file.billing_period)
+                done += 1
+                rows += outcome.rows_read
+                bytes_read += outcome.bytes_read
+            else:
+                message = outcome.error or "no result"
+                claims.mark_error(session, file, message)
+                failures.append(FailedFile(project_id, file.object_key, message))
+                failed += 1
+                log.warning("file failed", extra={"objectKey": file.object_key, "error": message})
+        for period in sorted(periods):
+            recompute_period_summaries(session, project_id, period)
+    # Counted only once the transaction has committed.
+    result.done += done
+    result.failed.extend(failures)
+    result.rowsRead += rows
+    result.bytesRead += bytes_read
+    log.info(
+        "project aggregation finished",
+        extra={"done": done, "failed": failed, "rowsRead": rows, "periods": len(periods)},
+    )

@@ -1,0 +1,79 @@
+"""Fixtures for tests that use a real database (SQLite and PostgreSQL) and real storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cur_ray.adapters.crypto import generate_key
+from cur_ray.adapters.db.engine import upgrade_database
+from cur_ray.services.context import AppContext
+from cur_ray.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cur_ray.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture
+def postgres_url(fresh_postgres_url: str) -> str:
+    """A migrated, empty PostgreSQL database (for tests of PostgreSQL-only behaviour)."""
+    upgrade_database(fresh_postgres_url)
+    return fresh_postgres_url
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    """Settings for tests: a secrets key, fast retries; override any field by keyword."""
+    key = generate_key()
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "cur_secrets_key": key,
+            "cur_read_retries": 2,
+            "cur_read_retry_base_seconds": 0.01,
+            **overrides,
+        }
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return build
+
+
+@pytest.fixture
+def make_ctx(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., AppContext]]:
+    """Build AppContexts on a database URL; all are closed after the test."""
+    built: list[AppContext] = []
+
+    def build(url: str, **overrides: object) -> AppContext:
+        ctx = AppContext.from_settings(make_settings(database_url=url, **overrides))
+        built.append(ctx)
+        return ctx
+
+    yield build
+    for ctx in built:
+        ctx.close()
+
+
+@pytest.fixture
+def ctx(database_url: str, make_ctx: Callable[..., AppContext]) -> AppContext:
+    """An AppContext on the parametrised database (SQLite and PostgreSQL)."""
+    return make_ctx(database_url)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real billing files of ../shared/data (skips when the folder is absent)."""
+    if not (SHARED_DATA / "aws-cur-legacy-sample.csv").exists():
+        pytest.skip(f"real billing data not found at {SHARED_DATA}")
+    return SHARED_DATA
