@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+from recording_proxy import RecordingProxy
 from sqlalchemy import func, select, text
 
 from cur_ray.adapters.db.models import BillingFile
@@ -18,7 +19,6 @@ from cur_ray.services.context import AppContext
 from cur_ray.services.cur_fetch import run_cur_fetch_batch
 from cur_ray.services.files import list_files
 from cur_ray.services.projects import add_project, set_enabled
-from recording_proxy import RecordingProxy
 
 LEGACY_RANGE = "20231101-20231201"
 
@@ -82,7 +82,10 @@ def test_legacy_assemblies_only_current_one_is_pending(ctx: AppContext, tmp_path
 
     outcome = result.projects[0]
     assert (outcome.error, outcome.listed, outcome.registered, outcome.superseded) == (
-        None, 7, 2, 2,
+        None,
+        7,
+        2,
+        2,
     )
     files = files_by_key(ctx, "acme")
     assert {k: f["status"] for k, f in files.items()} == {
@@ -147,7 +150,8 @@ def test_cur2_focus_and_data_only_layouts(ctx: AppContext, tmp_path: Path) -> No
         assert (files[key]["version_id"], files[key]["status"]) == (None, "PENDING")
         assert (files[key]["report_name"], files[key]["billing_period"]) == ("replica", "2024-08")
     assert (files[athena]["format"], files[athena]["billing_period"]) == (
-        "legacy-parquet", "2023-07",
+        "legacy-parquet",
+        "2023-07",
     )
 
 
@@ -267,8 +271,11 @@ def test_assume_role_uses_external_id_and_its_credentials_list_the_bucket(
         authorization = request.headers["Authorization"]
         assert "Credential=testing/" not in authorization
         assert "x-amz-security-token" in {h.lower() for h in request.headers}
-    access_keys = {r.headers["Authorization"].split("Credential=")[1].split("/")[0] for r in listings}
-    assert len(access_keys) == 1 and access_keys != {"testing"}
+    access_keys = {
+        r.headers["Authorization"].split("Credential=")[1].split("/")[0] for r in listings
+    }
+    assert len(access_keys) == 1
+    assert access_keys != {"testing"}
 
 
 def test_access_denied_and_missing_bucket_do_not_stop_healthy_project(
@@ -285,7 +292,8 @@ def test_access_denied_and_missing_bucket_do_not_stop_healthy_project(
     result = run_cur_fetch_batch(ctx=ctx)
 
     by_id = {p.projectId: p for p in result.projects}
-    assert by_id["healthy"].registered == 1 and by_id["healthy"].error is None
+    assert by_id["healthy"].registered == 1
+    assert by_id["healthy"].error is None
     assert by_id["gone"].errorType == "storage_access_denied"
     assert "NoSuchBucket" in (by_id["gone"].error or "")
     assert "no role ARN" in (by_id["no-role"].error or "")
@@ -347,4 +355,5 @@ def test_concurrent_fetch_runs_register_each_file_once(
         rows = session.execute(
             select(BillingFile.object_key, func.count()).group_by(BillingFile.object_key)
         ).all()
-    assert len(rows) == len(keys) and {count for _, count in rows} == {1}
+    assert len(rows) == len(keys)
+    assert {count for _, count in rows} == {1}

@@ -69,7 +69,8 @@ def test_fresh_databases_are_isolated(postgres_server_url: str, fresh_postgres_u
 def test_fresh_database_drop_survives_open_connections(postgres_server_url: str) -> None:
     url = servers.create_database(postgres_server_url)
     name = make_url(url).database
-    leftover = psycopg.connect(servers.libpq_url(url))  # a test that "forgot" to close its connection
+    # a test that "forgot" to close its connection:
+    leftover = psycopg.connect(servers.libpq_url(url))
     try:
         servers.drop_database(postgres_server_url, name or "")
     finally:
