@@ -10,6 +10,8 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -26,6 +28,7 @@ from cur_ray.services import projects as projects_service
 from cur_ray.services.context import AppContext
 from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
 from cur_ray.services.cur_fetch import run_cur_fetch_batch
+from cur_ray.services.demo import run_demo
 from cur_ray.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -351,6 +354,84 @@ def render_monthly_table(rows: list[dict[str, Any]], title: str | None = None) -
             _money(r["list_cost"]),
         )
     return table
+
+
+@app.command("demo")
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder for the sample exports and the SQLite database")
+    ] = Path("cur-ray-demo"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the embedded default end to end: sample CUR exports, SQLite, both batches."""
+    try:
+        settings = load_settings()
+        configure_logging("WARNING" if not as_json else settings.log_level)
+        report = run_demo(directory, settings)
+    except CurRayError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _print_json(
+            {
+                "directory": str(report.directory),
+                "databaseUrl": report.database_url,
+                "fetch": report.fetch.as_dict(),
+                "aggregate": report.aggregate.as_dict(),
+                "monthly": report.monthly,
+            }
+        )
+        return
+    console = Console()
+    fetched = report.fetch.projects[0]
+    console.print(
+        f"[bold]cur-ray demo[/bold]: sample exports in {report.tree.root}\n"
+        f"Batch A: listed {fetched.listed} objects, registered {fetched.registered} files, "
+        f"{fetched.superseded} superseded (an older delivery of a re-delivered month)\n"
+        f"Batch B: {report.aggregate.done} files aggregated, {report.aggregate.rowsRead:,} rows, "
+        f"{len(report.aggregate.failed)} failed, {report.aggregate.durationSeconds:.2f}s\n"
+    )
+    for period, rows in _by_period(report.monthly).items():
+        console.print(render_service_table(rows, title=f"Billing period {period}"))
+    console.print(f"\nDatabase: {report.database_url}")
+    console.print(
+        "Explore: DATABASE_URL=" + report.database_url + " cur-ray costs monthly demo --json"
+    )
+    if report.aggregate.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _by_period(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    periods: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        periods.setdefault(row["billing_period"], []).append(row)
+    return periods
+
+
+def render_service_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Monthly rows summed over accounts, by service and charge category, with a total."""
+    measures = ("unblended_cost", "amortized_cost", "net_amortized_cost", "list_cost")
+    sums: dict[tuple[str, str], dict[str, Decimal | None]] = {}
+    for row in rows:
+        key = (row["service_name"] or row["service_code"], row["charge_category"])
+        into = sums.setdefault(key, dict.fromkeys(measures))
+        for m in measures:
+            if row[m] is not None:
+                into[m] = (into[m] or Decimal(0)) + Decimal(row[m])
+    table = Table(
+        "service", "category", "unblended", "amortized", "net amortized", "list", title=title
+    )
+    totals: dict[str, Decimal | None] = dict.fromkeys(measures)
+    for (service, category), values in sorted(sums.items()):
+        table.add_row(service, category, *(_money_decimal(values[m]) for m in measures))
+        for m in measures:
+            if values[m] is not None:
+                totals[m] = (totals[m] or Decimal(0)) + (values[m] or Decimal(0))
+    table.add_row("[bold]total[/bold]", "", *(_money_decimal(totals[m]) for m in measures))
+    return table
+
+
+def _money_decimal(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import pytest
 from recording_proxy import RecordingProxy
 from sqlalchemy import func, select, text
 
+from cur_ray.adapters.db.engine import upgrade_database
 from cur_ray.adapters.db.models import BillingFile
 from cur_ray.errors import ConflictError, NotFoundError
 from cur_ray.services.context import AppContext
@@ -238,11 +239,10 @@ def test_unknown_and_disabled_projects_are_refused(ctx: AppContext, tmp_path: Pa
 
 
 def test_assume_role_uses_external_id_and_its_credentials_list_the_bucket(
-    moto_server: Any,
-    s3_endpoint: str,
-    database_url: str,
-    make_ctx: Callable[..., AppContext],
+    s3_endpoint: str, make_ctx: Callable[..., AppContext], tmp_path: Path
 ) -> None:
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite'}"  # the S3 path is what is tested here
+    upgrade_database(database_url)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="tenant-a")
     keys = [f"cur/x/data/BILLING_PERIOD=2024-09/x-{n:05d}.snappy.parquet" for n in range(1105)]

@@ -131,7 +131,7 @@ def still_held(session: Session, files: Sequence[ClaimedFile], worker_id: str) -
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
-    held = dict(session.execute(query).tuples().all())
+    held = {file_id: etag for file_id, etag in session.execute(query)}
     return {f.id for f in files if held.get(f.id) == f.etag}
 
 
