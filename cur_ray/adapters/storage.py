@@ -173,3 +173,17 @@ class LocalObjectStore:
     def filesystem_spec(self) -> FileSystemSpec:
         """Local filesystem access for tasks."""
         return FileSystemSpec(scheme="file", root=str(self._root))
+
+
+def object_store_from_spec(location: StorageLocation, spec: FileSystemSpec) -> ObjectStore:
+    """Rebuild a project's object store from what a task received (no new AssumeRole)."""
+    if spec.scheme == "file":
+        return LocalObjectStore(location)
+    if spec.credentials is None:
+        raise StorageAccessError(f"no credentials to reach s3://{location.bucket}")
+    return S3ObjectStore(
+        location,
+        spec.credentials,
+        region=spec.region or "us-east-1",
+        endpoint_url=spec.endpoint_url,
+    )

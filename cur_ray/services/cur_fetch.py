@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cur_ray.adapters.db.billing_files import record_versions, register_files
 from cur_ray.adapters.db.costs import recompute_period_summaries
+from cur_ray.adapters.storage import FileSystemSpec, ObjectStore, object_store_from_spec
 from cur_ray.domain.discovery import (
+    DiscoveryPlan,
     KeyInfo,
     Manifest,
     ObjectInfo,
@@ -61,23 +65,97 @@ class FetchResult:
         }
 
 
+@dataclass
+class ProjectListing:
+    """What listing one project's storage found: object count and the discovery plan."""
+
+    listed: int
+    plan: DiscoveryPlan
+
+
+def list_and_plan(store: ObjectStore) -> ProjectListing:
+    """List a location page by page, read the current manifests and plan the file set.
+
+    Storage I/O and pure logic only (no database): it runs in-process or in a Ray task.
+    """
+    location = store.location
+    listed = 0
+    data_files: list[tuple[ObjectInfo, KeyInfo]] = []
+    manifest_objects: list[tuple[ObjectInfo, KeyInfo]] = []
+    for obj in store.list_objects():
+        listed += 1
+        info = classify_key(obj.key, location)
+        if info is not None:
+            (manifest_objects if info.is_manifest else data_files).append((obj, info))
+    manifests: dict[tuple[str, dt.date], Manifest] = {}
+    infos = {obj.key: info for obj, info in manifest_objects}
+    for slot, obj in choose_manifest_keys(manifest_objects).items():
+        raw = store.read_small(obj.key)
+        manifests[slot] = parse_manifest(raw, obj.key, infos[obj.key], location)
+    return ProjectListing(listed, plan_discovery(data_files, manifests))
+
+
+PlanRequest = tuple[ConnectionSnapshot, FileSystemSpec]
+Planner = Callable[[Sequence[PlanRequest]], Iterable[tuple[str, ProjectListing | BaseException]]]
+
+
+def plan_in_process(
+    requests: Sequence[PlanRequest],
+) -> Iterator[tuple[str, ProjectListing | BaseException]]:
+    """The simplest planner: list the projects one after another in this process."""
+    for connection, spec in requests:
+        with log_context(projectId=connection.project_id):
+            try:
+                listing = list_and_plan(object_store_from_spec(connection.location, spec))
+            except Exception as exc:
+                yield connection.project_id, exc
+            else:
+                yield connection.project_id, listing
+
+
 def run_cur_fetch_batch(
-    project_id: str | None = None, *, ctx: AppContext | None = None
+    project_id: str | None = None,
+    *,
+    ctx: AppContext | None = None,
+    planner: Planner | None = None,
 ) -> FetchResult:
     """Discover CUR files of one project, or of every enabled project.
 
     An unknown project raises NotFoundError, a disabled one ConflictError. A failure inside
     one project (access denied, missing bucket, bad manifest) is recorded on its result and
-    the others continue; only fatal errors (database, settings) raise.
+    the others continue; only fatal errors (database, settings) raise. ``planner`` lists
+    the projects (in this process by default; the Ray runtime lists them as tasks).
     """
     ctx = ctx or default_context()
     started = time.monotonic()
     with ctx.db.transaction() as session:
         targets = [ConnectionSnapshot.of(row) for row in target_connections(session, project_id)]
-    result = FetchResult()
     log.info("cur-fetch started", extra={"projects": len(targets)})
+    outcomes = {t.project_id: ProjectFetchResult(projectId=t.project_id) for t in targets}
+    by_id = {t.project_id: t for t in targets}
+    requests: list[PlanRequest] = []
     for connection in targets:
-        result.projects.append(_fetch_project(ctx, connection))
+        with log_context(projectId=connection.project_id):
+            log.info("project discovery started", extra={"storage": connection.location.url})
+            try:
+                store = open_object_store(connection, ctx.settings, ctx.credentials)
+            except Exception as exc:
+                _record_failure(outcomes[connection.project_id], exc)
+            else:
+                requests.append((connection, store.filesystem_spec()))
+    for pid, listing in (planner or plan_in_process)(requests):
+        with log_context(projectId=pid):
+            outcome = outcomes[pid]
+            if isinstance(listing, BaseException):
+                _record_failure(outcome, listing)
+                continue
+            try:
+                _register(ctx, by_id[pid], listing, outcome)
+            except Exception as exc:
+                _record_failure(outcome, exc)
+            else:
+                log.info("project discovery finished", extra=_counts(outcome))
+    result = FetchResult(projects=list(outcomes.values()))
     result.durationSeconds = time.monotonic() - started
     log.info(
         "cur-fetch finished",
@@ -86,23 +164,18 @@ def run_cur_fetch_batch(
     return result
 
 
-def _fetch_project(ctx: AppContext, connection: ConnectionSnapshot) -> ProjectFetchResult:
-    outcome = ProjectFetchResult(projectId=connection.project_id)
-    with log_context(projectId=connection.project_id):
-        log.info("project discovery started", extra={"storage": connection.location.url})
-        try:
-            _discover(ctx, connection, outcome)
-        except (DatabaseError, ConfigurationError):
-            raise
-        except CurRayError as exc:
-            outcome.error, outcome.errorType = exc.message, exc.code
-            log.warning("project discovery failed", extra={"error": exc.message})
-        except Exception as exc:  # a bug must not stop the other projects
-            outcome.error, outcome.errorType = f"internal error: {type(exc).__name__}", "internal"
-            log.exception("project discovery crashed")
-        else:
-            log.info("project discovery finished", extra=_counts(outcome))
-    return outcome
+def _record_failure(outcome: ProjectFetchResult, exc: BaseException) -> None:
+    """Record a project's failure; fatal errors (database, settings) stop the whole job."""
+    if isinstance(exc, DatabaseError | ConfigurationError):
+        raise exc
+    if isinstance(exc, CurRayError):
+        outcome.error, outcome.errorType = exc.message, exc.code
+        log.warning("project discovery failed", extra={"error": exc.message})
+    elif isinstance(exc, Exception):  # a bug must not stop the other projects
+        outcome.error, outcome.errorType = f"internal error: {type(exc).__name__}", "internal"
+        log.error("project discovery crashed", exc_info=exc)
+    else:
+        raise exc
 
 
 def _counts(outcome: ProjectFetchResult) -> dict[str, int]:
@@ -115,26 +188,14 @@ def _counts(outcome: ProjectFetchResult) -> dict[str, int]:
     }
 
 
-def _discover(ctx: AppContext, connection: ConnectionSnapshot, outcome: ProjectFetchResult) -> None:
-    store = open_object_store(connection, ctx.settings, ctx.credentials)
-    location = connection.location
-    data_files: list[tuple[ObjectInfo, KeyInfo]] = []
-    manifest_objects: list[tuple[ObjectInfo, KeyInfo]] = []
-    for obj in store.list_objects():
-        outcome.listed += 1
-        info = classify_key(obj.key, location)
-        if info is None:
-            continue
-        (manifest_objects if info.is_manifest else data_files).append((obj, info))
-
-    manifests: dict[Any, Manifest] = {}
-    infos = {obj.key: info for obj, info in manifest_objects}
-    for slot, obj in choose_manifest_keys(manifest_objects).items():
-        raw = store.read_small(obj.key)
-        with log_context(objectKey=obj.key):
-            manifests[slot] = parse_manifest(raw, obj.key, infos[obj.key], location)
-
-    plan = plan_discovery(data_files, manifests)
+def _register(
+    ctx: AppContext,
+    connection: ConnectionSnapshot,
+    listing: ProjectListing,
+    outcome: ProjectFetchResult,
+) -> None:
+    plan = listing.plan
+    outcome.listed = listing.listed
     outcome.missing = len(plan.missing_keys)
     if plan.missing_keys:
         log.warning(
@@ -143,7 +204,9 @@ def _discover(ctx: AppContext, connection: ConnectionSnapshot, outcome: ProjectF
         )
     with ctx.db.transaction() as session:
         record_versions(session, connection.project_id, plan.versions)
-        counts = register_files(session, connection.project_id, location.bucket, plan.files)
+        counts = register_files(
+            session, connection.project_id, connection.location.bucket, plan.files
+        )
         for period in sorted(counts.affected_periods or ()):
             recompute_period_summaries(session, connection.project_id, period)
     outcome.registered = counts.registered
