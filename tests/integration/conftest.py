@@ -77,3 +77,26 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "aws-cur-legacy-sample.csv").exists():
         pytest.skip(f"real billing data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole session (RAY-NOTES: start it once, 2 CPUs)."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="cur_ray_test",
+        object_store_memory=200 * 2**20,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,72 @@
+"""Batch B and Batch A with their work spread over real Ray tasks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
+from cur_ray.samples.expected import expected_monthly
+from cur_ray.samples.line_items import generate_line_items
+from cur_ray.samples.writers import write_data_export, write_legacy_csv_export
+from cur_ray.services.context import AppContext
+from cur_ray.services.costs import monthly_costs
+from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
+from cur_ray.services.cur_fetch import run_cur_fetch_batch
+from cur_ray.services.files import list_files
+from cur_ray.services.projects import add_project
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+MARCH = dt.date(2024, 3, 1)
+
+
+def test_ray_runner_aggregates_row_groups_exactly(ctx: AppContext, tmp_path: Path) -> None:
+    root = tmp_path / "bucket"
+    items = generate_line_items(period=MARCH, seed=21, rows=3000, accounts=3)
+    write_data_export(
+        root,
+        prefix="",
+        export="x",
+        period=MARCH,
+        execution_id="e",
+        items=items,
+        file_format="parquet",
+        files=2,
+        row_group_size=200,
+        write_manifest=False,
+    )
+    bad = root / "x" / "data" / "BILLING_PERIOD=2024-03" / "broken.snappy.parquet"
+    bad.write_bytes(b"PAR1 nope")
+    csv_items = generate_line_items(period=MARCH, seed=22, rows=500)
+    write_legacy_csv_export(
+        root, prefix="", report="r", period=MARCH, assembly_id="a", items=csv_items
+    )
+    with ctx.db.transaction() as session:
+        add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
+
+    fetched = run_cur_fetch_batch("acme", ctx=ctx, planner=plan_with_ray)
+    assert fetched.projects[0].registered == 4
+    progress: list[int] = []
+    result = run_cur_aggregate_batch(
+        "acme",
+        ctx=ctx,
+        runner=RayFileRunner(max_in_flight=3, target_rows=500),
+        on_progress=lambda: progress.append(1),
+    )
+
+    assert (result.done, len(result.failed), len(progress)) == (3, 1, 4)
+    assert "broken.snappy.parquet" in result.failed[0].error
+    assert result.rowsRead == 3500
+    with ctx.db.transaction() as session:
+        rows = monthly_costs(session, "acme")
+        statuses = {f["object_key"].rsplit("/", 1)[-1]: f["status"] for f in list_files(session)}
+    want = sum(
+        f["unblended_cost"]
+        for f in (*expected_monthly(items).values(), *expected_monthly(csv_items).values())
+    )
+    got = sum(Decimal(r["unblended_cost"]) for r in rows)
+    assert abs(got - want) < Decimal("1e-8")
+    assert statuses["broken.snappy.parquet"] == "ERROR"
