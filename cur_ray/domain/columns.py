@@ -127,8 +127,8 @@ FOCUS_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("SubAccountId", True),
     ColumnSpec("ListCost", False),
     ColumnSpec("x_ServiceCode", False),
-    # Fallback account for rows without a sub account (charges at billing-account level).
-    ColumnSpec("BillingAccountId", False),
+    # Split cost allocation rows (EKSPod-EC2, ECSTask-EC2) are excluded as in CUR.
+    ColumnSpec("x_Operation", False),
 )
 
 # Any of these columns marks a snake-case Parquet file as CUR 2.0 rather than legacy Athena.
@@ -180,20 +180,25 @@ _FORMAT_LABEL: Mapping[SourceFormat, str] = {
 }
 
 
+def _loose_key(name: str) -> str:
+    # ReservationARN and ReservationArn normalise differently (a_r_n / arn): ignore "_".
+    return normalise_column_name(name).replace("_", "").lower()
+
+
 def _index(column_names: Iterable[str]) -> tuple[set[str], dict[str, str]]:
     names = [str(n) for n in column_names]
     exact = set(names)
     loose: dict[str, str] = {}
     for n in names:
         # First spelling wins if a header repeats a column under another case.
-        loose.setdefault(normalise_column_name(n).lower(), n)
+        loose.setdefault(_loose_key(n), n)
     return exact, loose
 
 
 def _lookup(source: str, exact: set[str], loose: dict[str, str]) -> str | None:
     if source in exact:
         return source
-    return loose.get(normalise_column_name(source).lower())
+    return loose.get(_loose_key(source))
 
 
 def missing_required_columns(column_names: Iterable[str], fmt: SourceFormat) -> list[str]:
@@ -212,7 +217,7 @@ def columns_to_read(column_names: Iterable[str], fmt: SourceFormat) -> dict[str,
 
     Required columns must be present (else :class:`FileFormatError`); optional columns are
     included only when present. Names match exactly first, then after
-    :func:`normalise_column_name` case-insensitively (schema drift such as
+    :func:`normalise_column_name` ignoring case and underscores (schema drift such as
     ``reservation/ReservationArn``). CUR 2.0's ``product`` map is read only when the file
     has no top-level ``product_product_name``.
     """
@@ -231,7 +236,6 @@ def columns_to_read(column_names: Iterable[str], fmt: SourceFormat) -> dict[str,
     if "product_product_name" in result:
         result.pop("product", None)
     return result
-
 
 
 def detect_format(column_names: Iterable[str], *, parquet: bool) -> SourceFormat:
