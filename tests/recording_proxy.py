@@ -33,7 +33,9 @@ class Fault:
 
     matches: Callable[[RecordedRequest], bool]
     status: int | None = 503
-    body: bytes = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    body: bytes = (
+        b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    )
     times: int = 1
     drop_connection: bool = False
 
