@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cur_ray.adapters.crypto import generate_key
@@ -24,6 +25,7 @@ from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFou
 from cur_ray.logs import configure_logging
 from cur_ray.services import costs as costs_service
 from cur_ray.services import files as files_service
+from cur_ray.services import jobs as jobs_service
 from cur_ray.services import projects as projects_service
 from cur_ray.services.context import AppContext
 from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
@@ -186,32 +188,125 @@ def secrets_rotate() -> None:
 
 
 # ---------------------------------------------------------------------- batches
+LocalFlag = Annotated[
+    bool,
+    typer.Option("--local", help="Run in this process instead of on the Ray coordinator."),
+]
+
+
+def _run_batch(
+    name: str, project_id: str | None, data: dict[str, Any] | None, local: bool, as_json: bool
+) -> None:
+    """Run one batch job (on the coordinator, or here with --local), print it, set the exit code."""
+    with _context(as_json) as ctx:
+        if local:
+            job = _run_locally(ctx, name, project_id, data)
+        else:
+            with ctx.db.transaction() as session:
+                view, _ = jobs_service.enqueue_job(
+                    session, name=name, project_id=project_id, trigger="cli", data=data
+                )
+            job = _run_on_cluster(ctx, view.job_id, show_progress=not as_json)
+    if as_json:
+        _print_json(job)
+    else:
+        _print_job(job)
+    if job["status"] != "completed" or _has_failures(job.get("result") or {}):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_locally(
+    ctx: AppContext, name: str, project_id: str | None, data: dict[str, Any] | None
+) -> dict[str, Any]:
+    if name == "cur-fetch":
+        result = run_cur_fetch_batch(project_id, ctx=ctx).as_dict()
+    else:
+        limit = (data or {}).get("limit")
+        result = run_cur_aggregate_batch(project_id, limit, ctx=ctx).as_dict()
+    return {
+        "jobId": None,
+        "name": name,
+        "projectId": project_id,
+        "status": "completed",
+        "result": result,
+        "error": None,
+    }
+
+
+def _run_on_cluster(ctx: AppContext, job_id: str, *, show_progress: bool) -> dict[str, Any]:
+    from cur_ray.entrypoints import cluster  # Ray is imported only when it is used
+
+    cluster.connect(ctx.settings)
+    cluster.notify_coordinator()
+    if not (show_progress and sys.stdout.isatty()):
+        return cluster.wait_for_job(job_id)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"job {job_id[:8]}: waiting", total=None)
+
+        def update(job: dict[str, Any]) -> None:
+            live = job.get("progress") or {}
+            progress.update(
+                task,
+                description=f"job {job_id[:8]}: {job['status']}",
+                total=live.get("total"),
+                completed=live.get("done", 0),
+            )
+
+        return cluster.wait_for_job(job_id, on_update=update)
+
+
+def _has_failures(result: dict[str, Any]) -> bool:
+    return bool(result.get("failedProjects") or result.get("failed") or result.get("projectErrors"))
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    console = Console()
+    if job.get("jobId"):
+        console.print(f"job {job['jobId']} {job['name']}: [bold]{job['status']}[/bold]")
+    if job.get("error"):
+        console.print(f"[red]error:[/red] {job['error']}", highlight=False)
+    result = job.get("result") or {}
+    if job["name"] == "cur-fetch" and "projects" in result:
+        table = Table("project", "listed", "registered", "requeued", "superseded", "error")
+        for p in result["projects"]:
+            table.add_row(
+                p["projectId"],
+                str(p["listed"]),
+                str(p["registered"]),
+                str(p["requeued"]),
+                str(p["superseded"]),
+                p["error"] or "",
+            )
+        console.print(table)
+    elif result:
+        console.print(
+            f"claimed {result['claimed']}, done {result['done']}, "
+            f"failed {len(result['failed'])}, skipped {result['skipped']}, "
+            f"rows {result['rowsRead']:,}, {result['durationSeconds']:.2f}s"
+        )
+        for failure in result["failed"]:
+            console.print(
+                f"  ERROR {failure['projectId']} {failure['objectKey']}: {failure['error']}",
+                highlight=False,
+            )
+
+
 @app.command("fetch")
 def fetch(
     project_id: Annotated[
         str | None, typer.Argument(help="One project; all enabled if omitted")
     ] = None,
+    local: LocalFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Batch A: discover CUR files into finops_billing_files."""
-    with _context(as_json) as ctx:
-        result = run_cur_fetch_batch(project_id, ctx=ctx)
-    if as_json:
-        _print_json(result.as_dict())
-    else:
-        table = Table("project", "listed", "registered", "requeued", "superseded", "error")
-        for p in result.projects:
-            table.add_row(
-                p.projectId,
-                str(p.listed),
-                str(p.registered),
-                str(p.requeued),
-                str(p.superseded),
-                p.error or "",
-            )
-        Console().print(table)
-    if result.failed_projects:
-        raise typer.Exit(EXIT_FAILED)
+    _run_batch("cur-fetch", project_id, None, local, as_json)
 
 
 @app.command("files")
@@ -246,25 +341,50 @@ def aggregate(
         str | None, typer.Argument(help="One project; all enabled if omitted")
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="At most N files (CUR_AGGREGATE_MAX_FILES)")
+        int | None,
+        typer.Option("--limit", min=1, help="At most N files (CUR_AGGREGATE_MAX_FILES)"),
     ] = None,
+    local: LocalFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Batch B: aggregate PENDING files into the cost tables."""
-    with _context(as_json) as ctx:
-        result = run_cur_aggregate_batch(project_id, limit, ctx=ctx)
+    _run_batch("cur-aggregate", project_id, {"limit": limit} if limit else None, local, as_json)
+
+
+@app.command("jobs")
+def jobs(
+    project_id: Annotated[str | None, typer.Option("--project")] = None,
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recent jobs, queue length and failure counts."""
+    with _context(as_json) as ctx, ctx.db.transaction() as session:
+        rows = [
+            j.as_dict()
+            for j in jobs_service.list_jobs(
+                session, project_id=project_id, status=status, limit=limit
+            )
+        ]
+        stats = jobs_service.queue_stats(session)
     if as_json:
-        _print_json(result.as_dict())
-    else:
-        typer.echo(
-            f"claimed {result.claimed}, done {result.done}, failed {len(result.failed)}, "
-            f"skipped {result.skipped}, rows {result.rowsRead}, "
-            f"{result.durationSeconds:.2f}s"
+        _print_json({"jobs": rows, "queue": stats})
+        return
+    table = Table("job", "name", "project", "trigger", "status", "attempts", "created", "error")
+    for j in rows:
+        table.add_row(
+            j["jobId"],
+            j["name"],
+            j["projectId"] or "(all)",
+            j["trigger"],
+            j["status"],
+            str(j["attempts"]),
+            j["createdAt"] or "",
+            j["error"] or "",
         )
-        for failure in result.failed:
-            typer.echo(f"  ERROR {failure.projectId} {failure.objectKey}: {failure.error}")
-    if result.failed or result.projectErrors:
-        raise typer.Exit(EXIT_FAILED)
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{k} {v}" for k, v in stats.items()))
 
 
 @app.command("requeue")

@@ -202,28 +202,46 @@ def run_cur_aggregate_batch(
         on_claimed(result.claimed)
     log.info("cur-aggregate claimed files", extra={"claimed": result.claimed, "worker": worker_id})
 
-    for connection in targets:
-        files = claimed.get(connection.project_id, [])
-        if not files:
-            continue
-        with log_context(projectId=connection.project_id):
-            _aggregate_project(
-                ctx,
-                connection,
-                files,
-                runner,
-                policy,
-                worker_id,
-                lease,
-                result,
-                on_progress or (lambda: None),
-            )
+    unwritten = {pid: files for pid, files in claimed.items() if files}
+    try:
+        for connection in targets:
+            files = unwritten.get(connection.project_id)
+            if not files:
+                continue
+            with log_context(projectId=connection.project_id):
+                _aggregate_project(
+                    ctx,
+                    connection,
+                    files,
+                    runner,
+                    policy,
+                    worker_id,
+                    lease,
+                    result,
+                    on_progress or (lambda: None),
+                )
+            del unwritten[connection.project_id]
+    except BaseException:
+        # Nothing of these was written: hand them back now rather than at lease expiry.
+        # (A process that dies here cannot do this; its leases expire instead.)
+        _release_quietly(ctx, [f for files in unwritten.values() for f in files], worker_id)
+        raise
     result.durationSeconds = time.monotonic() - started
     log.info(
         "cur-aggregate finished",
         extra={"done": result.done, "failed": len(result.failed), "skipped": result.skipped},
     )
     return result
+
+
+def _release_quietly(ctx: AppContext, files: list[claims.ClaimedFile], worker_id: str) -> None:
+    try:
+        with ctx.db.transaction() as session:
+            claims.release_claims(session, files, worker_id)
+    except DatabaseError as exc:
+        log.warning(
+            "could not release claims; their leases will expire", extra={"error": exc.message}
+        )
 
 
 def _claim_fairly(

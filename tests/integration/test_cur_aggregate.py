@@ -14,7 +14,7 @@ import boto3
 import pytest
 from sqlalchemy import select, text
 
-from cur_ray.adapters.db.claims import ClaimedFile
+from cur_ray.adapters.db.claims import ClaimedFile, claim_files
 from cur_ray.adapters.db.models import BillingFile, FileCost
 from cur_ray.adapters.storage import FileSystemSpec
 from cur_ray.samples.expected import expected_daily, expected_monthly
@@ -407,7 +407,7 @@ def test_reprocessing_a_done_file_changes_nothing(ctx: AppContext, tmp_path: Pat
     assert len(rows) == len(before[0]) + len(before[1])  # replaced, not appended
 
 
-def test_crash_before_commit_counts_nothing_and_file_is_claimable_again(
+def test_crash_before_commit_counts_nothing_and_files_are_handed_back(
     ctx: AppContext, tmp_path: Path
 ) -> None:
     root = tmp_path / "bucket"
@@ -430,16 +430,36 @@ def test_crash_before_commit_counts_nothing_and_file_is_claimable_again(
 
     assert monthly(ctx, "acme") == []
     (row,) = files(ctx, "acme").values()
-    assert row["status"] == "PROCESSING"
-    # Not claimable while the lease runs…
-    assert run_cur_aggregate_batch("acme", ctx=ctx).claimed == 0
-    with ctx.db.transaction() as session:  # …and again once it has expired.
+    assert (row["status"], row["attempts"]) == ("PENDING", 1)
+    result = run_cur_aggregate_batch("acme", ctx=ctx)
+    assert result.done == 1
+    (row,) = files(ctx, "acme").values()
+    assert (row["status"], row["attempts"]) == ("DONE", 2)
+    want = sum(f["unblended_cost"] for f in expected_monthly(items).values())
+    assert abs(total(monthly(ctx, "acme")) - want) < EXACT
+
+
+def test_claims_of_a_dead_worker_are_taken_again_after_their_lease(
+    ctx: AppContext, tmp_path: Path
+) -> None:
+    root = tmp_path / "bucket"
+    items = generate_line_items(period=MARCH, seed=6, rows=300)
+    write_legacy_csv_export(root, prefix="", report="r", period=MARCH, assembly_id="a", items=items)
+    add(ctx, "acme", root)
+    run_cur_fetch_batch("acme", ctx=ctx)
+    with ctx.db.transaction() as session:  # a worker claims, then its process dies
+        held, _ = claim_files(session, "acme", 10, "dead-worker", dt.timedelta(minutes=15))
+    assert len(held) == 1
+
+    assert run_cur_aggregate_batch("acme", ctx=ctx).claimed == 0  # its lease still runs
+    with ctx.db.transaction() as session:
         session.execute(
             text("UPDATE finops_billing_files SET lease_expires_at = :past"),
             {"past": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)},
         )
     result = run_cur_aggregate_batch("acme", ctx=ctx)
-    assert result.done == 1
+
+    assert (result.claimed, result.done) == (1, 1)
     (row,) = files(ctx, "acme").values()
     assert (row["status"], row["attempts"]) == ("DONE", 2)
     want = sum(f["unblended_cost"] for f in expected_monthly(items).values())

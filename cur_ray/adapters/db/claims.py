@@ -195,3 +195,18 @@ def release_claims(session: Session, files: Sequence[ClaimedFile], worker_id: st
         .values(status=FileStatus.PENDING, claimed_by=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def release_claims_by_prefix(session: Session, holder_prefix: str) -> int:
+    """Give back every claim whose holder id starts with ``holder_prefix`` (a dead worker's)."""
+    escaped = holder_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    result = session.execute(
+        update(BillingFile)
+        .where(
+            BillingFile.status == FileStatus.PROCESSING,
+            BillingFile.claimed_by.like(f"{escaped}%", escape="\\"),
+        )
+        .values(status=FileStatus.PENDING, claimed_by=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

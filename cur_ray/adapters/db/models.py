@@ -261,10 +261,20 @@ class CostServiceMonthly(MeasuresMixin, Base):
 
 
 class BatchJob(Base):
-    """One job of the durable queue (``cur-fetch`` / ``cur-aggregate``)."""
+    """One job of the durable queue (``cur-fetch`` / ``cur-aggregate``).
+
+    ``status``: ``waiting`` → ``active`` (claimed, leased until ``lease_expires_at``) →
+    ``completed`` | ``failed``, or back to ``waiting`` with a later ``run_after`` for a retry.
+    See :mod:`cur_ray.adapters.db.jobs`.
+    """
 
     __tablename__ = "finops_batch_jobs"
-    __table_args__ = (Index("ix_batch_jobs_status", "status", "run_after"),)
+    __table_args__ = (
+        # The claim scans one status in age order (waiting jobs, or active ones whose lease
+        # may have expired); listing a project's jobs newest first uses the second index.
+        Index("ix_batch_jobs_claim", "status", "created_at"),
+        Index("ix_batch_jobs_project", "project_id", "created_at"),
+    )
 
     job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(32))
@@ -275,11 +285,15 @@ class BatchJob(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     run_after: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(String(256))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
     )
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

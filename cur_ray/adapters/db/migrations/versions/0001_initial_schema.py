@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("max_attempts", sa.Integer(), server_default="3", nullable=False),
         sa.Column("run_after", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_by", sa.String(length=256), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("data", sa.JSON(), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
@@ -60,12 +61,19 @@ def upgrade() -> None:
             server_default=sa.func.now(),
             nullable=False,
         ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
+            nullable=False,
+        ),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_finops_batch_jobs")),
     )
     with op.batch_alter_table("finops_batch_jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_batch_jobs_status", ["status", "run_after"], unique=False)
+        batch_op.create_index("ix_batch_jobs_claim", ["status", "created_at"], unique=False)
+        batch_op.create_index("ix_batch_jobs_project", ["project_id", "created_at"], unique=False)
 
     op.create_table(
         "finops_batch_schedules",
@@ -317,7 +325,8 @@ def downgrade() -> None:
     op.drop_table("finops_project_connections")
     op.drop_table("finops_batch_schedules")
     with op.batch_alter_table("finops_batch_jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_batch_jobs_status")
+        batch_op.drop_index("ix_batch_jobs_project")
+        batch_op.drop_index("ix_batch_jobs_claim")
 
     op.drop_table("finops_batch_jobs")
     op.drop_table("finops_api_keys")

@@ -1,0 +1,234 @@
+"""The coordinator: one named, detached, restartable actor per Ray cluster.
+
+It takes jobs from ``finops_batch_jobs`` (the durable queue), runs several at once (at most
+one per project), spreads their work over Ray tasks and records outcomes. It keeps no state
+that the database does not also have: after a restart it re-queues the jobs and releases the
+file claims its previous incarnation held, and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cur_ray.adapters.db import claims
+from cur_ray.adapters.db import jobs as job_store
+from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
+from cur_ray.logs import configure_logging, log_context
+from cur_ray.services import jobs as jobs_service
+from cur_ray.services.context import AppContext
+from cur_ray.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "cur_ray"
+COORDINATOR_NAME = "cur_ray_coordinator"
+GLOBAL_KEY = "*"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of this package's source: a coordinator running other code gets replaced."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class JobProgress:
+    """Files done of files claimed, for progress bars."""
+
+    total: int | None = None
+    done: int = 0
+    project_key: str = GLOBAL_KEY
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"total": self.total, "done": self.done}
+
+
+class Coordinator:
+    """Runs queued jobs on the cluster. Create it with :func:`coordinator_options`."""
+
+    def __init__(self, max_concurrent_jobs: int = 4, poll_seconds: float = 2.0) -> None:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        self._ctx = AppContext.from_settings(settings)
+        # The actor id survives restarts, so a restarted coordinator recognises its claims.
+        self._worker_id = f"coordinator:{ray.get_runtime_context().get_actor_id()}"
+        self._lease = dt.timedelta(seconds=settings.cur_lease_seconds)
+        self._max_jobs = max_concurrent_jobs
+        self._poll_seconds = poll_seconds
+        self._running: dict[str, JobProgress] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._recover()
+        self._loop = asyncio.get_running_loop().create_task(self._run_forever())
+
+    # ----------------------------------------------------------------- public methods
+    async def version(self) -> str:
+        """The code version this instance runs."""
+        return code_version()
+
+    async def submit(
+        self,
+        name: str,
+        project_id: str | None,
+        trigger: str,
+        data: dict[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Enqueue a job (idempotent for a given ``job_id``) and wake the loop."""
+
+        def enqueue() -> jobs_service.JobView:
+            with self._ctx.db.transaction() as session:
+                view, _created = jobs_service.enqueue_job(
+                    session,
+                    name=name,
+                    project_id=project_id,
+                    trigger=trigger,
+                    data=data,
+                    job_id=job_id,
+                )
+                return view
+
+        view = await asyncio.to_thread(enqueue)
+        self._wake.set()
+        return view.as_dict()
+
+    async def notify(self) -> None:
+        """Something was enqueued elsewhere (HTTP API, scheduler): look at the queue now."""
+        self._wake.set()
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """The stored job with live progress while it runs."""
+
+        def read() -> jobs_service.JobView:
+            with self._ctx.db.transaction() as session:
+                return jobs_service.get_job(session, job_id)
+
+        view = (await asyncio.to_thread(read)).as_dict()
+        progress = self._running.get(job_id)
+        view["progress"] = progress.as_dict() if progress else None
+        return view
+
+    async def status(self) -> dict[str, Any]:
+        """What this coordinator is doing (for health checks and tests)."""
+        return {
+            "workerId": self._worker_id,
+            "version": code_version(),
+            "running": {job_id: p.as_dict() for job_id, p in self._running.items()},
+        }
+
+    # ------------------------------------------------------------------------ the loop
+    def _recover(self) -> None:
+        """Hand back what a previous incarnation of this actor held when it died."""
+        with self._ctx.db.transaction() as session:
+            jobs = job_store.requeue_jobs_held_by(session, self._worker_id)
+            files = claims.release_claims_by_prefix(session, f"{self._worker_id}/")
+        if jobs or files:
+            log.warning("recovered after a restart", extra={"jobs": jobs, "files": files})
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                await self._start_jobs()
+            except Exception:  # the loop must survive a database outage
+                log.exception("coordinator loop error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+            self._wake.clear()
+
+    async def _start_jobs(self) -> None:
+        while len(self._running) < self._max_jobs:
+            busy = {p.project_key for p in self._running.values()}
+            job = await asyncio.to_thread(
+                jobs_service.claim_job,
+                self._ctx,
+                self._worker_id,
+                self._lease,
+                busy_projects=busy,
+            )
+            if job is None:
+                return
+            progress = JobProgress(project_key=job.project_id or GLOBAL_KEY)
+            self._running[job.job_id] = progress
+            task = asyncio.get_running_loop().create_task(self._execute(job, progress))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, job: jobs_service.JobView, progress: JobProgress) -> None:
+        def claimed(count: int) -> None:
+            progress.total = count
+
+        def advanced() -> None:
+            progress.done += 1
+
+        try:
+            with log_context(jobId=job.job_id, projectId=job.project_id):
+                await asyncio.to_thread(
+                    jobs_service.run_claimed_job,
+                    self._ctx,
+                    job,
+                    self._worker_id,
+                    self._lease,
+                    runner=RayFileRunner(),
+                    planner=plan_with_ray,
+                    worker_id=f"{self._worker_id}/{job.job_id}",
+                    on_claimed=claimed,
+                    on_progress=advanced,
+                )
+        except Exception:
+            log.exception("job could not be recorded", extra={"jobId": job.job_id})
+        finally:
+            self._running.pop(job.job_id, None)
+            self._wake.set()
+
+
+def coordinator_options() -> dict[str, Any]:
+    """Actor options: a named detached singleton that Ray restarts, holding no CPU."""
+    return {
+        "name": COORDINATOR_NAME,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "num_cpus": 0,
+        "max_restarts": -1,
+        # Retried calls after a restart must be idempotent: submit() takes the job id.
+        "max_task_retries": -1,
+    }
+
+
+CoordinatorActor: Any = ray.remote(Coordinator)
+
+
+def get_coordinator(env: Mapping[str, str] | None = None) -> Any:
+    """The cluster's coordinator, created if absent and replaced if it runs other code.
+
+    ``env`` (tests, local runs) sets the environment of a newly created coordinator; on a
+    deployed cluster it inherits the nodes' environment.
+    """
+    options = coordinator_options()
+    if env:
+        options["runtime_env"] = {"env_vars": dict(env)}
+    handle = CoordinatorActor.options(**options).remote()
+    running = ray.get(handle.version.remote())
+    if running != code_version():
+        log.warning("replacing a coordinator running other code", extra={"version": running})
+        ray.kill(handle, no_restart=True)
+        handle = CoordinatorActor.options(**options).remote()
+    return handle
