@@ -9,6 +9,8 @@ so that entrypoints (CLI, HTTP) map them to exit codes and JSON errors in one pl
     ├── InvalidInputError         a request or argument that cannot be valid (422 / exit 2)
     ├── NotFoundError             unknown project, job, file                  (404 / exit 2)
     ├── ConflictError             e.g. a disabled project, duplicate project  (409 / exit 2)
+    ├── AuthenticationError       no API key, or an unknown or revoked one    (401 / exit 1)
+    ├── PermissionDeniedError     a valid key used outside its project scope  (403 / exit 1)
     ├── StorageError              listing or reading an object store
     │   ├── StorageAccessError      AccessDenied, missing bucket, bad credentials
     │   └── TransientStorageError   throttling, resets, timeouts: worth a retry
@@ -58,6 +60,18 @@ class ConflictError(CurRayError):
     """The request is valid but the current state refuses it (disabled project, duplicate)."""
 
     code = "conflict"
+
+
+class AuthenticationError(CurRayError):
+    """No API key was presented, or it is malformed, unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class PermissionDeniedError(CurRayError):
+    """A valid API key asked for something outside its scope (another project, admin only)."""
+
+    code = "forbidden"
 
 
 class StorageError(CurRayError):

@@ -30,10 +30,13 @@ from cur_ray.services import projects as projects_service
 from cur_ray.services.context import AppContext
 from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
 from cur_ray.services.cur_fetch import run_cur_fetch_batch
-from cur_ray.services.demo import run_demo
+from cur_ray.services.demo import run_demo, run_in_process
 from cur_ray.settings import load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Tracebacks never show local variables: they may hold secrets.
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 projects_app = typer.Typer(no_args_is_help=True, help="Project connections.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Encryption of stored secrets.")
@@ -481,43 +484,55 @@ def demo(
     directory: Annotated[
         Path, typer.Option("--dir", help="Folder for the sample exports and the SQLite database")
     ] = Path("cur-ray-demo"),
+    local: LocalFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the embedded default end to end: sample CUR exports, SQLite, both batches."""
+    """Run the embedded default end to end: sample CUR exports, SQLite, both batches on Ray."""
     try:
         settings = load_settings()
         configure_logging("WARNING" if not as_json else settings.log_level)
-        report = run_demo(directory, settings)
+        report = run_demo(
+            directory, settings, executor=run_in_process if local else _run_demo_job_on_ray
+        )
     except CurRayError as exc:
         _fail(exc, as_json)
+    fetched, aggregated = report.fetch["result"], report.aggregate["result"]
     if as_json:
         _print_json(
             {
                 "directory": str(report.directory),
                 "databaseUrl": report.database_url,
-                "fetch": report.fetch.as_dict(),
-                "aggregate": report.aggregate.as_dict(),
+                "fetch": report.fetch,
+                "aggregate": report.aggregate,
                 "monthly": report.monthly,
             }
         )
-        return
-    console = Console()
-    fetched = report.fetch.projects[0]
-    console.print(
-        f"[bold]cur-ray demo[/bold]: sample exports in {report.tree.root}\n"
-        f"Batch A: listed {fetched.listed} objects, registered {fetched.registered} files, "
-        f"{fetched.superseded} superseded (an older delivery of a re-delivered month)\n"
-        f"Batch B: {report.aggregate.done} files aggregated, {report.aggregate.rowsRead:,} rows, "
-        f"{len(report.aggregate.failed)} failed, {report.aggregate.durationSeconds:.2f}s\n"
-    )
-    for period, rows in _by_period(report.monthly).items():
-        console.print(render_service_table(rows, title=f"Billing period {period}"))
-    console.print(f"\nDatabase: {report.database_url}")
-    console.print(
-        "Explore: DATABASE_URL=" + report.database_url + " cur-ray costs monthly demo --json"
-    )
-    if report.aggregate.failed:
+    else:
+        console = Console()
+        project = fetched["projects"][0]
+        console.print(
+            f"[bold]cur-ray demo[/bold]: sample exports in {report.tree.root}\n"
+            f"Batch A: listed {project['listed']} objects, registered {project['registered']} "
+            f"files, {project['superseded']} superseded (an older delivery of a re-delivered "
+            f"month)\n"
+            f"Batch B: {aggregated['done']} files aggregated, {aggregated['rowsRead']:,} rows, "
+            f"{len(aggregated['failed'])} failed, {aggregated['durationSeconds']:.2f}s\n"
+        )
+        for period, rows in _by_period(report.monthly).items():
+            console.print(render_service_table(rows, title=f"Billing period {period}"))
+        console.print(f"\nDatabase: {report.database_url}")
+        console.print(
+            f"Explore: DATABASE_URL={report.database_url} cur-ray costs monthly demo",
+            soft_wrap=True,
+        )
+    if report.aggregate["status"] != "completed" or aggregated["failed"]:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _run_demo_job_on_ray(ctx: AppContext, name: str, project_id: str) -> dict[str, Any]:
+    with ctx.db.transaction() as session:
+        view, _ = jobs_service.enqueue_job(session, name=name, project_id=project_id, trigger="cli")
+    return _run_on_cluster(ctx, view.job_id, show_progress=False)
 
 
 def _by_period(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,25 @@ from cur_ray.errors import ConflictError, InvalidInputError
 from cur_ray.samples.demo_tree import DemoTree, build_demo_tree
 from cur_ray.services.context import AppContext
 from cur_ray.services.costs import daily_costs, monthly_costs
-from cur_ray.services.cur_aggregate import AggregateResult, run_cur_aggregate_batch
-from cur_ray.services.cur_fetch import FetchResult, run_cur_fetch_batch
+from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
+from cur_ray.services.cur_fetch import run_cur_fetch_batch
 from cur_ray.services.projects import add_project
 from cur_ray.settings import Settings
 
 DEMO_PROJECT = "demo"
 _MARKER = ".cur-ray-demo"
+
+
+JobExecutor = Callable[[AppContext, str, str], dict[str, Any]]
+
+
+def run_in_process(ctx: AppContext, name: str, project_id: str) -> dict[str, Any]:
+    """Run a batch job in this process and return its job-shaped record."""
+    if name == "cur-fetch":
+        result = run_cur_fetch_batch(project_id, ctx=ctx).as_dict()
+    else:
+        result = run_cur_aggregate_batch(project_id, ctx=ctx).as_dict()
+    return {"name": name, "projectId": project_id, "status": "completed", "result": result}
 
 
 @dataclass
@@ -29,8 +42,8 @@ class DemoReport:
     directory: Path
     database_url: str
     tree: DemoTree
-    fetch: FetchResult
-    aggregate: AggregateResult
+    fetch: dict[str, Any]
+    aggregate: dict[str, Any]
     monthly: list[dict[str, Any]]
     daily: list[dict[str, Any]]
 
@@ -49,8 +62,18 @@ def prepare_demo_directory(directory: Path) -> None:
     (directory / _MARKER).write_text("made by cur-ray demo; safe to delete\n")
 
 
-def run_demo(directory: Path, settings: Settings, *, database_url: str | None = None) -> DemoReport:
-    """Write sample exports under ``directory``, register them in SQLite, run both batches."""
+def run_demo(
+    directory: Path,
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    executor: JobExecutor = run_in_process,
+) -> DemoReport:
+    """Write sample exports under ``directory``, register them in SQLite, run both batches.
+
+    ``executor`` runs each batch job: in this process by default; the CLI passes one that
+    runs them on the Ray coordinator.
+    """
     directory = directory.resolve()
     prepare_demo_directory(directory)
     tree = build_demo_tree(directory / "bucket")
@@ -63,8 +86,8 @@ def run_demo(directory: Path, settings: Settings, *, database_url: str | None = 
             add_project(
                 session, ctx.settings, project_id=DEMO_PROJECT, storage_url=f"file://{tree.root}"
             )
-        fetched = run_cur_fetch_batch(DEMO_PROJECT, ctx=ctx)
-        aggregated = run_cur_aggregate_batch(DEMO_PROJECT, ctx=ctx)
+        fetched = executor(ctx, "cur-fetch", DEMO_PROJECT)
+        aggregated = executor(ctx, "cur-aggregate", DEMO_PROJECT)
         with ctx.db.transaction() as session:
             monthly = monthly_costs(session, DEMO_PROJECT)
             daily = daily_costs(session, DEMO_PROJECT)
