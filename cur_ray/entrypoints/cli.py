@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
+from cur_ray.entrypoints.cli_api_keys import api_keys_app
 from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFoundError
 from cur_ray.logs import configure_logging
 from cur_ray.services import costs as costs_service
@@ -45,6 +46,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(costs_app, name="costs")
+app.add_typer(api_keys_app, name="api-keys", help="HTTP API keys (stored hashed).")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -567,6 +569,25 @@ def render_service_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 def _money_decimal(value: Decimal | None) -> str:
     return "-" if value is None else f"{value:,.2f}"
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the HTTP API (Ray Serve) and the coordinator in the foreground; Ctrl-C stops."""
+    from ray import serve
+
+    from cur_ray.entrypoints import cluster
+    from cur_ray.entrypoints.serve_app import app as serve_app
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    cluster.connect(settings)
+    serve.start(http_options={"host": host, "port": port})
+    typer.echo(f"cur_ray API on http://{host}:{port} (docs at /docs); Ctrl-C to stop")
+    serve.run(serve_app, name="cur_ray", route_prefix="/", blocking=True)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from cur_ray.adapters.db import claims
 from cur_ray.adapters.db import jobs as job_store
@@ -232,3 +233,27 @@ def get_coordinator(env: Mapping[str, str] | None = None) -> Any:
         ray.kill(handle, no_restart=True)
         handle = CoordinatorActor.options(**options).remote()
     return handle
+
+
+class CoordinatorNotifier:
+    """Wakes the cluster's coordinator after a job is enqueued (HTTP API, scheduler).
+
+    The handle is resolved lazily and once more after the actor died (RAY-NOTES); ``notify``
+    awaits the call instead of blocking the caller's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+
+    async def notify(self) -> None:
+        """Tell the coordinator to look at the queue now."""
+        for attempt in (1, 2):
+            try:
+                if self._handle is None:
+                    self._handle = await asyncio.to_thread(get_coordinator)
+                await self._handle.notify.remote()
+                return
+            except RayActorError:
+                self._handle = None
+                if attempt == 2:
+                    raise

@@ -18,6 +18,7 @@ from typing import cast
 from ray import serve
 from ray.serve import Deployment
 
+from cur_ray.entrypoints.coordinator import CoordinatorNotifier, get_coordinator
 from cur_ray.entrypoints.http_api import JobNotifier, NoopNotifier, create_app
 from cur_ray.errors import ConfigurationError
 from cur_ray.logs import configure_logging
@@ -69,13 +70,9 @@ class CurRayApi:
         log.info("CurRayApi replica ready")
 
     def _make_notifier(self) -> JobNotifier:
-        """HOOK: the notifier that wakes the coordinator after a job is enqueued.
-
-        For now a no-op (the coordinator finds new jobs when it polls the queue). To be
-        replaced by a wrapper around the coordinator's actor handle, looked up with an
-        explicit ``namespace=`` (RAY-NOTES) and awaited, never ``ray.get``, in ``notify``.
-        """
-        return NoopNotifier()
+        """The coordinator, started now if the cluster has none, so that jobs run."""
+        get_coordinator()
+        return CoordinatorNotifier()
 
     def __del__(self) -> None:
         # Serve calls this on graceful replica shutdown: release pooled connections.

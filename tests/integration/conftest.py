@@ -6,13 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from paths import SHARED_DATA, has_shared_data
 
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
 from cur_ray.services.context import AppContext
 from cur_ray.settings import Settings
-
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -74,7 +73,7 @@ def ctx(database_url: str, make_ctx: Callable[..., AppContext]) -> AppContext:
 @pytest.fixture
 def shared_data() -> Path:
     """The real billing files of ../shared/data (skips when the folder is absent)."""
-    if not (SHARED_DATA / "aws-cur-legacy-sample.csv").exists():
+    if not has_shared_data():
         pytest.skip(f"real billing data not found at {SHARED_DATA}")
     return SHARED_DATA
 
