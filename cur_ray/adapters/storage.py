@@ -127,9 +127,19 @@ class S3ObjectStore:
             scheme="s3",
             root=self.location.bucket,
             region=self._region,
-            endpoint_url=self._endpoint_url,
+            # What boto3 really uses (it also honours AWS_ENDPOINT_URL* and config files),
+            # so that pyarrow reads from the same place the listing came from.
+            endpoint_url=self._endpoint_url or _custom_endpoint(self._client.meta.endpoint_url),
             credentials=self._credentials,
         )
+
+
+def _custom_endpoint(url: str | None) -> str | None:
+    """``url`` unless it is one of AWS's own S3 endpoints (pyarrow finds those itself)."""
+    if not url:
+        return None
+    host = urlsplit(url).hostname or ""
+    return None if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) else url
 
 
 class LocalObjectStore:

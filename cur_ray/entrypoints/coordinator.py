@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,8 +25,10 @@ from ray.exceptions import RayActorError
 
 from cur_ray.adapters.db import claims
 from cur_ray.adapters.db import jobs as job_store
+from cur_ray.entrypoints.metrics import metrics
 from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
 from cur_ray.logs import configure_logging, log_context
+from cur_ray.services import files as files_service
 from cur_ray.services import jobs as jobs_service
 from cur_ray.services.context import AppContext
 from cur_ray.settings import load_settings
@@ -148,11 +151,18 @@ class Coordinator:
         while True:
             try:
                 await self._start_jobs()
+                await asyncio.to_thread(self._publish_queue_state)
             except Exception:  # the loop must survive a database outage
                 log.exception("coordinator loop error")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
             self._wake.clear()
+
+    def _publish_queue_state(self) -> None:
+        with self._ctx.db.transaction() as session:
+            waiting = jobs_service.queue_stats(session).get("waiting", 0)
+            files = files_service.count_by_status(session)
+        metrics().queue_state(waiting, files)
 
     async def _start_jobs(self) -> None:
         while len(self._running) < self._max_jobs:
@@ -179,9 +189,10 @@ class Coordinator:
         def advanced() -> None:
             progress.done += 1
 
+        started = time.monotonic()
         try:
             with log_context(jobId=job.job_id, projectId=job.project_id):
-                await asyncio.to_thread(
+                final = await asyncio.to_thread(
                     jobs_service.run_claimed_job,
                     self._ctx,
                     job,
@@ -193,6 +204,10 @@ class Coordinator:
                     on_claimed=claimed,
                     on_progress=advanced,
                 )
+            outcome = "retried" if final.status == jobs_service.WAITING else final.status
+            metrics().job_finished(
+                job.name, outcome, time.monotonic() - started, final.result or {}
+            )
         except Exception:
             log.exception("job could not be recorded", extra={"jobId": job.job_id})
         finally:

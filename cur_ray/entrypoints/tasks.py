@@ -8,6 +8,7 @@ number in flight and merges their small results in completion order (``ray.wait`
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from cur_ray.adapters.readers import WorkUnit, aggregate_work_unit, plan_work_un
 from cur_ray.adapters.storage import FileSystemSpec, object_store_from_spec, open_filesystem
 from cur_ray.domain.aggregation import merge_partials
 from cur_ray.domain.projects import StorageLocation
+from cur_ray.entrypoints.metrics import metrics
 from cur_ray.errors import CurRayError
 from cur_ray.logs import configure_logging, log_context
 from cur_ray.services.cur_aggregate import FileOutcome, RetryPolicy
@@ -45,6 +47,7 @@ class UnitsResult:
     bytes_read: int = 0
     source_format: str | None = None
     error: str | None = None
+    node_id: str | None = None  # the Ray node the task ran on (hex), for placement checks
 
 
 def _task_logging(fields: dict[str, Any]) -> Any:
@@ -73,7 +76,7 @@ def aggregate_units_task(
 ) -> UnitsResult:
     """Read and aggregate some work units of one file; errors come back as values."""
     key = units[0].key
-    result = UnitsResult(key=key)
+    result = UnitsResult(key=key, node_id=ray.get_runtime_context().get_node_id())
     with _task_logging({**context, "objectKey": key}):
         try:
             fs = open_filesystem(spec)
@@ -149,6 +152,7 @@ class _FileState:
     bytes_read: int = 0
     source_format: str | None = None
     outcome: FileOutcome | None = None
+    first_submitted: float | None = None  # monotonic time of its first task
 
     def fail(self, message: str) -> None:
         self.outcome = FileOutcome(file=self.file, error=message)
@@ -178,13 +182,18 @@ Submit = Callable[[], Any]
 
 
 class RayFileRunner:
-    """Batch B runner: files → row-group units → Ray tasks, merged in completion order."""
+    """Batch B runner: files → row-group units → Ray tasks, merged in completion order.
+
+    ``nodes_seen`` collects the ids of the Ray nodes its aggregation tasks ran on, over all
+    of its calls; each call logs them once it is done ("row-group tasks finished").
+    """
 
     def __init__(
         self, *, max_in_flight: int | None = None, target_rows: int = TARGET_ROWS_PER_TASK
     ) -> None:
         self.max_in_flight = max_in_flight
         self.target_rows = target_rows
+        self.nodes_seen: set[str] = set()
 
     def __call__(
         self,
@@ -207,6 +216,8 @@ class RayFileRunner:
             while queue and len(in_flight) < limit:
                 file_id, kind, submit = queue.pop(0)
                 in_flight[submit()] = (file_id, kind)
+                if states[file_id].first_submitted is None:
+                    states[file_id].first_submitted = time.monotonic()
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             file_id, kind = in_flight.pop(ready[0])
             state = states[file_id]
@@ -214,6 +225,8 @@ class RayFileRunner:
                 value = ray.get(ready[0])
             except RayError as exc:
                 value = CurRayError(_failure(exc))
+            if isinstance(value, UnitsResult) and value.node_id is not None:
+                self.nodes_seen.add(value.node_id)
             if state.outcome is not None:
                 continue  # the file already failed: ignore the rest of its results
             if isinstance(value, CurRayError):
@@ -231,8 +244,14 @@ class RayFileRunner:
             if state.outcome is not None:
                 queue = [item for item in queue if item[0] != file_id]
                 state.partials = []
+                if state.outcome.error is None and state.first_submitted is not None:
+                    metrics().file_processed(time.monotonic() - state.first_submitted)
                 on_progress()
                 yield state.outcome
+        log.info(
+            "row-group tasks finished",
+            extra={"files": len(files), "nodes": sorted(self.nodes_seen)},
+        )
 
     def _plan_submitter(
         self, spec: FileSystemSpec, spec_ref: Any, state: _FileState, policy: RetryPolicy

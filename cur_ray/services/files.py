@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cur_ray.adapters.db.models import BillingFile, utcnow
@@ -73,3 +73,9 @@ def requeue_errors(session: Session, project_id: str | None = None) -> int:
         stmt.values(status=FileStatus.PENDING, error_message=None, updated_at=utcnow())
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """How many billing files are in each status (all projects)."""
+    query = select(BillingFile.status, func.count()).group_by(BillingFile.status)
+    return {status: int(count) for status, count in session.execute(query)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -79,10 +82,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray instance for the whole session (RAY-NOTES: start it once, 2 CPUs)."""
-    import os
+def ray_metrics_port() -> int:
+    """The port on which the session's Ray exports Prometheus metrics."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
+
+@pytest.fixture(scope="session")
+def ray_session(ray_metrics_port: int) -> Iterator[None]:
+    """One local Ray instance for the whole session (RAY-NOTES: start it once, 2 CPUs)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -94,8 +103,30 @@ def ray_session() -> Iterator[None]:
         namespace="cur_ray_test",
         object_store_memory=200 * 2**20,
         log_to_driver=False,
+        _metrics_export_port=ray_metrics_port,
     )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def coordinator_env(ctx: AppContext) -> Iterator[dict[str, str]]:
+    """The environment of a coordinator for this test's database; the actor is killed after."""
+    import ray
+
+    from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, NAMESPACE
+
+    settings = ctx.settings
+    key = settings.cur_secrets_key
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "CUR_SECRETS_KEY": key.get_secret_value() if key else "",
+        "CUR_LEASE_SECONDS": "30",
+        "CUR_READ_RETRY_BASE_SECONDS": "0.01",
+        "RAY_AUTH_MODE": "disabled",
+    }
+    yield env
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE), no_restart=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import psutil
 import pytest
 import ray
 
-from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, NAMESPACE, get_coordinator
+from cur_ray.entrypoints.coordinator import get_coordinator
 from cur_ray.samples.expected import expected_monthly
 from cur_ray.samples.line_items import generate_line_items
 from cur_ray.samples.writers import write_data_export, write_shared_legacy_sample
@@ -29,24 +28,6 @@ from cur_ray.services.projects import add_project
 pytestmark = pytest.mark.usefixtures("ray_session")
 MARCH = dt.date(2024, 3, 1)
 EXACT = Decimal("1e-8")
-
-
-@pytest.fixture
-def coordinator_env(ctx: AppContext) -> Iterator[dict[str, str]]:
-    """The environment a coordinator for this test's database runs with; killed afterwards."""
-    settings = ctx.settings
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "CUR_SECRETS_KEY": settings.cur_secrets_key.get_secret_value()  # type: ignore[union-attr]
-        if settings.cur_secrets_key
-        else "",
-        "CUR_LEASE_SECONDS": "30",
-        "CUR_READ_RETRY_BASE_SECONDS": "0.01",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    yield env
-    with contextlib.suppress(ValueError):
-        ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE), no_restart=True)
 
 
 def enqueue(ctx: AppContext, name: str, project_id: str | None, **data: Any) -> str:
