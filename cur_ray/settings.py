@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     cur_batch_scheduler_enabled: bool = False
     cur_fetch_cron: str = "0 * * * *"
     cur_aggregate_cron: str = "15 * * * *"
+    cur_scheduler_timezone: str = Field(
+        default="UTC", description="IANA time zone the two cron expressions are evaluated in"
+    )
     cur_aggregate_max_files: int = Field(default=100, ge=1, le=100_000)
 
     cur_secrets_key: SecretStr | None = Field(

@@ -6,13 +6,10 @@ argument, unknown or disabled project).
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,15 +19,22 @@ from rich.table import Table
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
 from cur_ray.entrypoints.cli_api_keys import api_keys_app
-from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFoundError
+from cur_ray.entrypoints.cli_scheduler import scheduler_command, schedules_command
+from cur_ray.entrypoints.cli_support import (
+    EXIT_FAILED,
+    JsonFlag,
+    app_context,
+    fail,
+    in_transaction,
+    print_json,
+)
+from cur_ray.errors import CurRayError
 from cur_ray.logs import configure_logging
 from cur_ray.services import costs as costs_service
 from cur_ray.services import files as files_service
 from cur_ray.services import jobs as jobs_service
 from cur_ray.services import projects as projects_service
 from cur_ray.services.context import AppContext
-from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
-from cur_ray.services.cur_fetch import run_cur_fetch_batch
 from cur_ray.services.demo import run_demo, run_in_process
 from cur_ray.settings import load_settings
 
@@ -47,48 +51,8 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(costs_app, name="costs")
 app.add_typer(api_keys_app, name="api-keys", help="HTTP API keys (stored hashed).")
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-_USAGE_ERRORS = (InvalidInputError, NotFoundError, ConflictError)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-T = TypeVar("T")
-
-
-def _fail(error: CurRayError, as_json: bool) -> NoReturn:
-    code = EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_FAILED
-    if as_json:
-        print(json.dumps({"error": {"code": error.code, "message": error.message}}))
-    else:
-        Console(stderr=True).print(f"[red]error:[/red] {error.message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _context(as_json: bool = False) -> Iterator[AppContext]:
-    """Settings, logging and the process's database; CurRayError → message and exit code."""
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        ctx = AppContext.from_settings(settings)
-    except CurRayError as exc:
-        _fail(exc, as_json)
-    try:
-        yield ctx
-    except CurRayError as exc:
-        _fail(exc, as_json)
-    finally:
-        ctx.close()
-
-
-def _in_transaction(ctx: AppContext, work: Callable[[Any], T]) -> T:
-    with ctx.db.transaction() as session:
-        return work(session)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+app.command("scheduler")(scheduler_command)
+app.command("schedules")(schedules_command)
 
 
 # --------------------------------------------------------------------------- db
@@ -99,7 +63,7 @@ def db_upgrade() -> None:
     try:
         upgrade_database(settings.database_url)
     except CurRayError as exc:
-        _fail(exc, False)
+        fail(exc, False)
     typer.echo("database is up to date")
 
 
@@ -121,8 +85,8 @@ def projects_add(
     as_json: JsonFlag = False,
 ) -> None:
     """Add a project connection."""
-    with _context(as_json) as ctx:
-        view = _in_transaction(
+    with app_context(as_json) as ctx:
+        view = in_transaction(
             ctx,
             lambda s: projects_service.add_project(
                 s,
@@ -135,16 +99,16 @@ def projects_add(
                 endpoint_url=endpoint_url,
             ),
         )
-    _print_json(view.as_dict()) if as_json else typer.echo(f"added project {view.project_id}")
+    print_json(view.as_dict()) if as_json else typer.echo(f"added project {view.project_id}")
 
 
 @projects_app.command("list")
 def projects_list(as_json: JsonFlag = False) -> None:
     """List project connections."""
-    with _context(as_json) as ctx:
-        views = _in_transaction(ctx, projects_service.list_projects)
+    with app_context(as_json) as ctx:
+        views = in_transaction(ctx, projects_service.list_projects)
     if as_json:
-        _print_json([v.as_dict() for v in views])
+        print_json([v.as_dict() for v in views])
         return
     table = Table("project", "enabled", "storage", "role", "external id")
     for v in views:
@@ -159,10 +123,10 @@ def projects_list(as_json: JsonFlag = False) -> None:
 
 
 def _set_enabled(project_id: str, enabled: bool, as_json: bool) -> None:
-    with _context(as_json) as ctx:
-        view = _in_transaction(ctx, lambda s: projects_service.set_enabled(s, project_id, enabled))
+    with app_context(as_json) as ctx:
+        view = in_transaction(ctx, lambda s: projects_service.set_enabled(s, project_id, enabled))
     state = "enabled" if enabled else "disabled"
-    _print_json(view.as_dict()) if as_json else typer.echo(f"{state} project {project_id}")
+    print_json(view.as_dict()) if as_json else typer.echo(f"{state} project {project_id}")
 
 
 @projects_app.command("enable")
@@ -187,8 +151,8 @@ def secrets_generate_key() -> None:
 @secrets_app.command("rotate")
 def secrets_rotate() -> None:
     """Re-encrypt every stored secret with the first key of CUR_SECRETS_KEY."""
-    with _context() as ctx:
-        count = _in_transaction(ctx, lambda s: projects_service.rotate_secrets(s, ctx.settings))
+    with app_context() as ctx:
+        count = in_transaction(ctx, lambda s: projects_service.rotate_secrets(s, ctx.settings))
     typer.echo(f"re-encrypted {count} secret(s)")
 
 
@@ -203,9 +167,17 @@ def _run_batch(
     name: str, project_id: str | None, data: dict[str, Any] | None, local: bool, as_json: bool
 ) -> None:
     """Run one batch job (on the coordinator, or here with --local), print it, set the exit code."""
-    with _context(as_json) as ctx:
+    with app_context(as_json) as ctx:
         if local:
-            job = _run_locally(ctx, name, project_id, data)
+            result = jobs_service.run_batch(ctx, name, project_id, (data or {}).get("limit"))
+            job: dict[str, Any] = {
+                "jobId": None,
+                "name": name,
+                "projectId": project_id,
+                "status": "completed",
+                "result": result,
+                "error": None,
+            }
         else:
             with ctx.db.transaction() as session:
                 view, _ = jobs_service.enqueue_job(
@@ -213,29 +185,11 @@ def _run_batch(
                 )
             job = _run_on_cluster(ctx, view.job_id, show_progress=not as_json)
     if as_json:
-        _print_json(job)
+        print_json(job)
     else:
         _print_job(job)
     if job["status"] != "completed" or _has_failures(job.get("result") or {}):
         raise typer.Exit(EXIT_FAILED)
-
-
-def _run_locally(
-    ctx: AppContext, name: str, project_id: str | None, data: dict[str, Any] | None
-) -> dict[str, Any]:
-    if name == "cur-fetch":
-        result = run_cur_fetch_batch(project_id, ctx=ctx).as_dict()
-    else:
-        limit = (data or {}).get("limit")
-        result = run_cur_aggregate_batch(project_id, limit, ctx=ctx).as_dict()
-    return {
-        "jobId": None,
-        "name": name,
-        "projectId": project_id,
-        "status": "completed",
-        "result": result,
-        "error": None,
-    }
 
 
 def _run_on_cluster(ctx: AppContext, job_id: str, *, show_progress: bool) -> dict[str, Any]:
@@ -321,10 +275,10 @@ def files(
     as_json: JsonFlag = False,
 ) -> None:
     """List billing files."""
-    with _context(as_json) as ctx:
-        rows = _in_transaction(ctx, lambda s: files_service.list_files(s, project_id, status))
+    with app_context(as_json) as ctx:
+        rows = in_transaction(ctx, lambda s: files_service.list_files(s, project_id, status))
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("project", "period", "key", "format", "status", "attempts", "error")
     for r in rows:
@@ -364,7 +318,7 @@ def jobs(
     as_json: JsonFlag = False,
 ) -> None:
     """Recent jobs, queue length and failure counts."""
-    with _context(as_json) as ctx, ctx.db.transaction() as session:
+    with app_context(as_json) as ctx, ctx.db.transaction() as session:
         rows = [
             j.as_dict()
             for j in jobs_service.list_jobs(
@@ -373,7 +327,7 @@ def jobs(
         ]
         stats = jobs_service.queue_stats(session)
     if as_json:
-        _print_json({"jobs": rows, "queue": stats})
+        print_json({"jobs": rows, "queue": stats})
         return
     table = Table("job", "name", "project", "trigger", "status", "attempts", "created", "error")
     for j in rows:
@@ -398,10 +352,10 @@ def requeue(
     as_json: JsonFlag = False,
 ) -> None:
     """Send ERROR files back to PENDING (attempts kept)."""
-    with _context(as_json) as ctx:
-        count = _in_transaction(ctx, lambda s: files_service.requeue_errors(s, project_id))
+    with app_context(as_json) as ctx:
+        count = in_transaction(ctx, lambda s: files_service.requeue_errors(s, project_id))
     if as_json:
-        _print_json({"projectId": project_id, "requeued": count})
+        print_json({"projectId": project_id, "requeued": count})
     else:
         typer.echo(f"requeued {count} file(s)")
 
@@ -415,12 +369,10 @@ def costs_monthly(
     project_id: str, start: FromOption = None, end: ToOption = None, as_json: JsonFlag = False
 ) -> None:
     """Monthly costs by account, service and charge category."""
-    with _context(as_json) as ctx:
-        rows = _in_transaction(
-            ctx, lambda s: costs_service.monthly_costs(s, project_id, start, end)
-        )
+    with app_context(as_json) as ctx:
+        rows = in_transaction(ctx, lambda s: costs_service.monthly_costs(s, project_id, start, end))
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     Console().print(render_monthly_table(rows))
 
@@ -430,10 +382,10 @@ def costs_daily(
     project_id: str, start: FromOption = None, end: ToOption = None, as_json: JsonFlag = False
 ) -> None:
     """Daily costs by account."""
-    with _context(as_json) as ctx:
-        rows = _in_transaction(ctx, lambda s: costs_service.daily_costs(s, project_id, start, end))
+    with app_context(as_json) as ctx:
+        rows = in_transaction(ctx, lambda s: costs_service.daily_costs(s, project_id, start, end))
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("date", "account", "currency", "unblended", "amortized", "lines")
     for r in rows:
@@ -497,10 +449,10 @@ def demo(
             directory, settings, executor=run_in_process if local else _run_demo_job_on_ray
         )
     except CurRayError as exc:
-        _fail(exc, as_json)
+        fail(exc, as_json)
     fetched, aggregated = report.fetch["result"], report.aggregate["result"]
     if as_json:
-        _print_json(
+        print_json(
             {
                 "directory": str(report.directory),
                 "databaseUrl": report.database_url,

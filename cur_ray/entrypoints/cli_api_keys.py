@@ -8,68 +8,19 @@ Exit codes: 0 success; 2 bad usage (invalid argument, unknown project or key); 1
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from cur_ray.errors import ConflictError, CurRayError, InvalidInputError, NotFoundError
-from cur_ray.logs import configure_logging
+from cur_ray.entrypoints.cli_support import JsonFlag, print_json, run_in_session
 from cur_ray.services import api_keys as api_keys_service
-from cur_ray.services.context import AppContext
-from cur_ray.settings import load_settings
 
 api_keys_app = typer.Typer(
     no_args_is_help=True,
     help="API keys of the HTTP API (stored hashed; scoped to one project or admin).",
 )
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-_USAGE_ERRORS = (InvalidInputError, NotFoundError, ConflictError)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-T = TypeVar("T")
-
-
-def _fail(error: CurRayError, as_json: bool) -> NoReturn:
-    code = EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_FAILED
-    if as_json:
-        print(json.dumps({"error": {"code": error.code, "message": error.message}}))
-    else:
-        Console(stderr=True).print(f"[red]error:[/red] {error.message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _context(as_json: bool) -> Iterator[AppContext]:
-    """Settings, logging and the database; CurRayError → one-line message and exit code."""
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        ctx = AppContext.from_settings(settings)
-    except CurRayError as exc:
-        _fail(exc, as_json)
-    try:
-        yield ctx
-    except CurRayError as exc:
-        _fail(exc, as_json)
-    finally:
-        ctx.close()
-
-
-def _run(as_json: bool, work: Callable[[Session], T]) -> T:
-    with _context(as_json) as ctx, ctx.db.transaction() as session:
-        return work(session)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
 
 
 @api_keys_app.command("create")
@@ -84,12 +35,12 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key and print it once on stdout (only its hash is stored)."""
-    key, view = _run(
+    key, view = run_in_session(
         as_json,
         lambda s: api_keys_service.create_api_key(s, project_id=project, description=description),
     )
     if as_json:
-        _print_json({"key": key, **view.as_dict()})
+        print_json({"key": key, **view.as_dict()})
         return
     scope = f"project {view.project_id}" if view.project_id else "admin (all projects)"
     typer.echo(
@@ -101,9 +52,9 @@ def create(
 @api_keys_app.command("list")
 def list_keys(as_json: JsonFlag = False) -> None:
     """List keys (ids, scopes, descriptions; never the keys)."""
-    views = _run(as_json, api_keys_service.list_api_keys)
+    views = run_in_session(as_json, api_keys_service.list_api_keys)
     if as_json:
-        _print_json([v.as_dict() for v in views])
+        print_json([v.as_dict() for v in views])
         return
     table = Table("key id", "scope", "description", "created", "revoked")
     for v in views:
@@ -123,8 +74,8 @@ def revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a key; requests with it are refused from now on."""
-    view = _run(as_json, lambda s: api_keys_service.revoke_api_key(s, key_id))
+    view = run_in_session(as_json, lambda s: api_keys_service.revoke_api_key(s, key_id))
     if as_json:
-        _print_json(view.as_dict())
+        print_json(view.as_dict())
     else:
         typer.echo(f"revoked API key {view.key_id}")

@@ -50,6 +50,7 @@ from cur_ray.errors import (
 from cur_ray.services import costs as costs_service
 from cur_ray.services import files as files_service
 from cur_ray.services import jobs as jobs_service
+from cur_ray.services import scheduler as scheduler_service
 from cur_ray.services.api_keys import Principal, authenticate
 from cur_ray.services.context import AppContext
 
@@ -161,6 +162,25 @@ class CostRows(BaseModel):
 
     projectId: str
     rows: list[dict[str, Any]]
+
+
+class ScheduleOut(BaseModel):
+    """One of the two fixed schedules of the batch scheduler."""
+
+    scheduleId: str = Field(examples=["cur-fetch-schedule"])
+    jobName: str = Field(examples=["cur-fetch"])
+    cron: str = Field(examples=["0 * * * *"])
+    timezone: str = Field(examples=["UTC"])
+    enabled: bool
+    lastTickAt: str | None = Field(description="The last tick enqueued (ISO-8601 UTC)")
+    nextTickAt: str | None = Field(description="The next tick (null while disabled)")
+    updatedAt: str | None = None
+
+
+class ScheduleList(BaseModel):
+    """The scheduler's schedules, by id."""
+
+    schedules: list[ScheduleOut]
 
 
 class Health(BaseModel):
@@ -389,6 +409,7 @@ _OPENAPI_TAGS = [
     {"name": "jobs", "description": "The durable job queue."},
     {"name": "files", "description": "Billing files discovered by cur-fetch."},
     {"name": "costs", "description": "The cost tables written by cur-aggregate."},
+    {"name": "schedules", "description": "The scheduler's cron schedules (admin key)."},
     {"name": "health", "description": "Liveness and database reachability (no key)."},
 ]
 
@@ -697,6 +718,19 @@ async def daily_costs(
     """Daily cost rows between two billing periods (inclusive)."""
     rows = await runtime.db(lambda s: costs_service.daily_costs(s, project_id, start, end))
     return CostRows(projectId=project_id, rows=rows)
+
+
+@router.get(
+    "/schedules",
+    summary="The scheduler's schedules: cron, enabled, last and next tick (admin key)",
+    tags=["schedules"],
+    response_model=ScheduleList,
+    responses=_errors(401, 403, 503),
+)
+async def list_schedules(runtime: RuntimeDep, _admin: AdminScope) -> ScheduleList:
+    """Both schedules as stored (empty until a scheduler has started once)."""
+    views = await runtime.db(scheduler_service.list_schedules)
+    return ScheduleList(schedules=[ScheduleOut(**view.as_dict()) for view in views])
 
 
 @router.get(

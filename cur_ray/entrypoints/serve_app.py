@@ -20,6 +20,7 @@ from ray.serve import Deployment
 
 from cur_ray.entrypoints.coordinator import CoordinatorNotifier, get_coordinator
 from cur_ray.entrypoints.http_api import JobNotifier, NoopNotifier, create_app
+from cur_ray.entrypoints.scheduler_actor import get_scheduler
 from cur_ray.errors import ConfigurationError
 from cur_ray.logs import configure_logging
 from cur_ray.services.context import AppContext
@@ -70,8 +71,10 @@ class CurRayApi:
         log.info("CurRayApi replica ready")
 
     def _make_notifier(self) -> JobNotifier:
-        """The coordinator, started now if the cluster has none, so that jobs run."""
+        """The coordinator (and, when enabled, the scheduler), started now if absent."""
         get_coordinator()
+        if load_settings().cur_batch_scheduler_enabled:
+            get_scheduler()  # an invalid cron stops the replica with a clear message
         return CoordinatorNotifier()
 
     def __del__(self) -> None:

@@ -14,8 +14,7 @@ from cur_ray.errors import ConflictError, InvalidInputError
 from cur_ray.samples.demo_tree import DemoTree, build_demo_tree
 from cur_ray.services.context import AppContext
 from cur_ray.services.costs import daily_costs, monthly_costs
-from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
-from cur_ray.services.cur_fetch import run_cur_fetch_batch
+from cur_ray.services.jobs import run_batch
 from cur_ray.services.projects import add_project
 from cur_ray.settings import Settings
 
@@ -28,10 +27,7 @@ JobExecutor = Callable[[AppContext, str, str], dict[str, Any]]
 
 def run_in_process(ctx: AppContext, name: str, project_id: str) -> dict[str, Any]:
     """Run a batch job in this process and return its job-shaped record."""
-    if name == "cur-fetch":
-        result = run_cur_fetch_batch(project_id, ctx=ctx).as_dict()
-    else:
-        result = run_cur_aggregate_batch(project_id, ctx=ctx).as_dict()
+    result = run_batch(ctx, name, project_id)
     return {"name": name, "projectId": project_id, "status": "completed", "result": result}
 
 

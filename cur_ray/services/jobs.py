@@ -280,20 +280,31 @@ def _forwardable(function: Callable[..., Any], kwargs: dict[str, Any]) -> dict[s
     }
 
 
-def execute_job(ctx: AppContext, job: JobView, **service_kwargs: Any) -> dict[str, Any]:
-    """Run the batch of ``job`` in this process and return its JSON-ready result.
+def run_batch(
+    ctx: AppContext,
+    name: str,
+    project_id: str | None,
+    limit: int | None = None,
+    **service_kwargs: Any,
+) -> dict[str, Any]:
+    """Run batch ``name`` in this process and return its JSON-ready result.
 
     ``service_kwargs`` (a Ray runner, progress callbacks, a planner) are forwarded to the
     batch function when it accepts them and dropped otherwise, so one coordinator loop can
     pass the hooks of both batches.
     """
-    if job.name == CUR_FETCH:
+    if name == CUR_FETCH:
         kwargs = _forwardable(run_cur_fetch_batch, service_kwargs)
-        return run_cur_fetch_batch(job.project_id, ctx=ctx, **kwargs).as_dict()
-    if job.name == CUR_AGGREGATE:
+        return run_cur_fetch_batch(project_id, ctx=ctx, **kwargs).as_dict()
+    if name == CUR_AGGREGATE:
         kwargs = _forwardable(run_cur_aggregate_batch, service_kwargs)
-        return run_cur_aggregate_batch(job.project_id, job.limit, ctx=ctx, **kwargs).as_dict()
-    raise InvalidInputError(f"unknown job name: {job.name}")
+        return run_cur_aggregate_batch(project_id, limit, ctx=ctx, **kwargs).as_dict()
+    raise InvalidInputError(f"unknown job name: {name}")
+
+
+def execute_job(ctx: AppContext, job: JobView, **service_kwargs: Any) -> dict[str, Any]:
+    """Run the batch of ``job`` in this process and return its JSON-ready result."""
+    return run_batch(ctx, job.name, job.project_id, job.limit, **service_kwargs)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
