@@ -18,14 +18,14 @@ import ray
 from ray.exceptions import RayError
 
 from cur_ray.adapters.db.claims import ClaimedFile
-from cur_ray.adapters.readers import WorkUnit, aggregate_work_unit, plan_work_units
+from cur_ray.adapters.readers import WorkUnit, plan_work_units
 from cur_ray.adapters.storage import FileSystemSpec, object_store_from_spec, open_filesystem
 from cur_ray.domain.aggregation import merge_partials
 from cur_ray.domain.projects import StorageLocation
 from cur_ray.entrypoints.metrics import metrics
 from cur_ray.errors import CurRayError
 from cur_ray.logs import configure_logging, log_context
-from cur_ray.services.cur_aggregate import FileOutcome, RetryPolicy
+from cur_ray.services.cur_aggregate import FileOutcome, RetryPolicy, UnitsRead, read_units
 from cur_ray.services.cur_fetch import PlanRequest, ProjectListing, list_and_plan
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,10 @@ TASK_MAX_RETRIES = 3
 
 
 @dataclass
-class UnitsResult:
+class UnitsResult(UnitsRead):
     """What one aggregation task returns: small partial aggregates, never raw rows."""
 
-    key: str
-    partials: pa.Table | None = None
-    rows_read: int = 0
-    bytes_read: int = 0
-    source_format: str | None = None
-    error: str | None = None
+    key: str = ""
     node_id: str | None = None  # the Ray node the task ran on (hex), for placement checks
 
 
@@ -76,24 +71,9 @@ def aggregate_units_task(
 ) -> UnitsResult:
     """Read and aggregate some work units of one file; errors come back as values."""
     key = units[0].key
-    result = UnitsResult(key=key, node_id=ray.get_runtime_context().get_node_id())
     with _task_logging({**context, "objectKey": key}):
-        try:
-            fs = open_filesystem(spec)
-            partials = []
-            for unit in units:
-                unit_result = policy.retrying()(aggregate_work_unit, fs, unit)
-                partials.append(unit_result.partials)
-                result.rows_read += unit_result.rows_read
-                result.bytes_read += unit_result.bytes_read
-                result.source_format = unit_result.source_format.value
-            result.partials = merge_partials(partials)
-        except CurRayError as exc:
-            result.error = exc.message
-        except Exception as exc:  # a reader bug fails this file only
-            log.exception("unexpected error while reading")
-            result.error = f"internal error while reading: {type(exc).__name__}: {exc}"
-    return result
+        read = read_units(spec, units, policy)
+    return UnitsResult(**vars(read), key=key, node_id=ray.get_runtime_context().get_node_id())
 
 
 @ray.remote(max_retries=TASK_MAX_RETRIES)

@@ -29,7 +29,7 @@ from tenacity import (
 
 from cur_ray.adapters.db import claims
 from cur_ray.adapters.db.costs import recompute_period_summaries, replace_file_costs
-from cur_ray.adapters.readers import aggregate_work_unit, plan_work_units
+from cur_ray.adapters.readers import WorkUnit, aggregate_work_unit, plan_work_units
 from cur_ray.adapters.storage import FileSystemSpec, open_filesystem
 from cur_ray.domain.aggregation import merge_partials
 from cur_ray.errors import (
@@ -75,34 +75,62 @@ class FileOutcome:
     error: str | None = None
 
 
-def aggregate_file(
-    spec: FileSystemSpec, file: claims.ClaimedFile, policy: RetryPolicy
-) -> FileOutcome:
-    """Read one file unit by unit and merge its partial aggregates (in this process).
+@dataclass
+class UnitsRead:
+    """Partial aggregates of some work units of one file, or why they could not be read."""
+
+    partials: pa.Table | None = None
+    rows_read: int = 0
+    bytes_read: int = 0
+    source_format: str | None = None
+    error: str | None = None
+
+
+def read_units(spec: FileSystemSpec, units: Sequence[WorkUnit], policy: RetryPolicy) -> UnitsRead:
+    """Read and aggregate work units of one file, merging their partial aggregates.
 
     Transient storage errors are retried with backoff; any other failure, or a transient
-    one that outlasts the retries, becomes the outcome's readable ``error``.
+    one that outlasts the retries, becomes the readable ``error``. Runs in this process or
+    inside a Ray task.
     """
-    outcome = FileOutcome(file=file)
+    read = UnitsRead()
     try:
         fs = open_filesystem(spec)
-        path = spec.path_for(file.object_key)
-        units = policy.retrying()(plan_work_units, fs, path, file.object_key)
         partials = []
         for unit in units:
             result = policy.retrying()(aggregate_work_unit, fs, unit)
             partials.append(result.partials)
-            outcome.rows_read += result.rows_read
-            outcome.bytes_read += result.bytes_read
-            outcome.source_format = result.source_format.value
-        outcome.partials = merge_partials(partials)
-        outcome.source_format = outcome.source_format or file.format
+            read.rows_read += result.rows_read
+            read.bytes_read += result.bytes_read
+            read.source_format = result.source_format.value
+        read.partials = merge_partials(partials)
     except CurRayError as exc:
-        outcome.error = exc.message
+        read.error = exc.message
     except Exception as exc:  # a reader bug must fail this file only
-        log.exception("unexpected error while reading", extra={"objectKey": file.object_key})
-        outcome.error = f"internal error while reading: {type(exc).__name__}: {exc}"
-    return outcome
+        log.exception("unexpected error while reading")
+        read.error = f"internal error while reading: {type(exc).__name__}: {exc}"
+    return read
+
+
+def aggregate_file(
+    spec: FileSystemSpec, file: claims.ClaimedFile, policy: RetryPolicy
+) -> FileOutcome:
+    """Plan one file's work units and read them all in this process."""
+    try:
+        fs = open_filesystem(spec)
+        path = spec.path_for(file.object_key)
+        units = policy.retrying()(plan_work_units, fs, path, file.object_key)
+    except CurRayError as exc:
+        return FileOutcome(file=file, error=exc.message)
+    read = read_units(spec, units, policy)
+    return FileOutcome(
+        file=file,
+        partials=read.partials if read.error is None else None,
+        rows_read=read.rows_read,
+        bytes_read=read.bytes_read,
+        source_format=read.source_format or file.format,
+        error=read.error,
+    )
 
 
 class FileRunner(Protocol):
