@@ -13,7 +13,8 @@ from typing import Any
 
 import ray
 
-from cur_ray.entrypoints.coordinator import NAMESPACE, get_coordinator
+from cur_ray.entrypoints.coordinator import get_coordinator
+from cur_ray.entrypoints.singletons import NAMESPACE
 from cur_ray.settings import Settings
 
 FINISHED = ("completed", "failed")

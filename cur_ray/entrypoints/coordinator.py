@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,6 +23,7 @@ from ray.exceptions import RayActorError
 from cur_ray.adapters.db import claims
 from cur_ray.adapters.db import jobs as job_store
 from cur_ray.entrypoints.metrics import metrics
+from cur_ray.entrypoints.singletons import code_version, get_singleton
 from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
 from cur_ray.logs import configure_logging, log_context
 from cur_ray.services import files as files_service
@@ -35,20 +33,8 @@ from cur_ray.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "cur_ray"
 COORDINATOR_NAME = "cur_ray_coordinator"
 GLOBAL_KEY = "*"
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of this package's source: a coordinator running other code gets replaced."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -66,7 +52,7 @@ class JobProgress:
 
 
 class Coordinator:
-    """Runs queued jobs on the cluster. Create it with :func:`coordinator_options`."""
+    """Runs queued jobs on the cluster. Get it with :func:`get_coordinator`."""
 
     def __init__(self, max_concurrent_jobs: int = 4, poll_seconds: float = 2.0) -> None:
         settings = load_settings()
@@ -215,39 +201,12 @@ class Coordinator:
             self._wake.set()
 
 
-def coordinator_options() -> dict[str, Any]:
-    """Actor options: a named detached singleton that Ray restarts, holding no CPU."""
-    return {
-        "name": COORDINATOR_NAME,
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "num_cpus": 0,
-        "max_restarts": -1,
-        # Retried calls after a restart must be idempotent: submit() takes the job id.
-        "max_task_retries": -1,
-    }
-
-
 CoordinatorActor: Any = ray.remote(Coordinator)
 
 
 def get_coordinator(env: Mapping[str, str] | None = None) -> Any:
-    """The cluster's coordinator, created if absent and replaced if it runs other code.
-
-    ``env`` (tests, local runs) sets the environment of a newly created coordinator; on a
-    deployed cluster it inherits the nodes' environment.
-    """
-    options = coordinator_options()
-    if env:
-        options["runtime_env"] = {"env_vars": dict(env)}
-    handle = CoordinatorActor.options(**options).remote()
-    running = ray.get(handle.version.remote())
-    if running != code_version():
-        log.warning("replacing a coordinator running other code", extra={"version": running})
-        ray.kill(handle, no_restart=True)
-        handle = CoordinatorActor.options(**options).remote()
-    return handle
+    """The cluster's coordinator, created if absent and replaced if it runs other code."""
+    return get_singleton(CoordinatorActor, COORDINATOR_NAME, env)
 
 
 class CoordinatorNotifier:

@@ -20,16 +20,14 @@ import collections
 import contextlib
 import datetime as dt
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 from cur_ray.adapters.db.models import utcnow
-from cur_ray.entrypoints.coordinator import NAMESPACE, CoordinatorNotifier, code_version
-from cur_ray.errors import ConfigurationError
+from cur_ray.entrypoints.coordinator import CoordinatorNotifier
+from cur_ray.entrypoints.singletons import code_version, get_singleton
 from cur_ray.logs import configure_logging
 from cur_ray.services.context import AppContext
 from cur_ray.services.scheduler import (
@@ -138,55 +136,12 @@ class Scheduler:
             self._wake.clear()
 
 
-def scheduler_options() -> dict[str, Any]:
-    """Actor options: a named detached singleton that Ray restarts, holding no CPU."""
-    return {
-        "name": SCHEDULER_NAME,
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "num_cpus": 0,
-        "max_restarts": -1,
-        # Every method is idempotent (tick_now enqueues by tick id): safe to retry.
-        "max_task_retries": -1,
-    }
-
-
 SchedulerActor: Any = ray.remote(Scheduler)
-
-_CONFIG_ERROR = re.compile(r"ConfigurationError: (.+)")
-
-
-def _startup_error(exc: RayActorError) -> ConfigurationError | None:
-    """The ConfigurationError that stopped the actor's ``__init__``, if that is what it was."""
-    found = _CONFIG_ERROR.search(str(exc))
-    return ConfigurationError(found.group(1).strip()) if found else None
-
-
-def _start(options: dict[str, Any]) -> tuple[Any, str]:
-    handle = SchedulerActor.options(**options).remote()
-    try:
-        return handle, ray.get(handle.version.remote())
-    except RayActorError as exc:
-        config_error = _startup_error(exc)
-        if config_error is not None:
-            raise config_error from exc
-        raise
 
 
 def get_scheduler(env: Mapping[str, str] | None = None) -> Any:
     """The cluster's scheduler, created if absent and replaced if it runs other code.
 
-    ``env`` (tests, local runs) sets the environment of a newly created scheduler; on a
-    deployed cluster it inherits the nodes' environment. A scheduler whose settings are
-    invalid fails to start: ConfigurationError with its message.
+    A scheduler whose settings are invalid fails to start: ConfigurationError with its message.
     """
-    options = scheduler_options()
-    if env:
-        options["runtime_env"] = {"env_vars": dict(env)}
-    handle, running = _start(options)
-    if running != code_version():
-        log.warning("replacing a scheduler running other code", extra={"version": running})
-        ray.kill(handle, no_restart=True)
-        handle, _ = _start(options)
-    return handle
+    return get_singleton(SchedulerActor, SCHEDULER_NAME, env)

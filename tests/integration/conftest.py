@@ -116,7 +116,8 @@ def coordinator_env(ctx: AppContext) -> Iterator[dict[str, str]]:
     """The environment of a coordinator for this test's database; the actor is killed after."""
     import ray
 
-    from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, NAMESPACE
+    from cur_ray.entrypoints.coordinator import COORDINATOR_NAME
+    from cur_ray.entrypoints.singletons import NAMESPACE
 
     settings = ctx.settings
     key = settings.cur_secrets_key

@@ -27,9 +27,10 @@ from typer.testing import CliRunner
 from cur_ray.adapters.db.models import BatchJob, BatchSchedule
 from cur_ray.domain.schedules import CronSchedule
 from cur_ray.entrypoints.cli_scheduler import scheduler_command, schedules_command
-from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, NAMESPACE, get_coordinator
+from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, get_coordinator
 from cur_ray.entrypoints.http_api import create_app
 from cur_ray.entrypoints.scheduler_actor import SCHEDULER_NAME, get_scheduler
+from cur_ray.entrypoints.singletons import NAMESPACE
 from cur_ray.errors import ConfigurationError
 from cur_ray.samples.expected import expected_monthly
 from cur_ray.samples.line_items import generate_line_items

@@ -17,8 +17,9 @@ from ray import serve
 
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
-from cur_ray.entrypoints.coordinator import COORDINATOR_NAME, NAMESPACE
+from cur_ray.entrypoints.coordinator import COORDINATOR_NAME
 from cur_ray.entrypoints.serve_app import CurRayApi
+from cur_ray.entrypoints.singletons import NAMESPACE
 from cur_ray.samples.writers import write_shared_focus_sample, write_shared_legacy_sample
 from cur_ray.services.api_keys import create_api_key
 from cur_ray.services.context import AppContext
