@@ -96,6 +96,8 @@ def ray_session(ray_metrics_port: int) -> Iterator[None]:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Without this Ray swaps 127.0.0.1 for the machine's outward address (RAY-NOTES, tests).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
         address="local",
         num_cpus=2,
@@ -104,6 +106,7 @@ def ray_session(ray_metrics_port: int) -> Iterator[None]:
         object_store_memory=200 * 2**20,
         log_to_driver=False,
         _metrics_export_port=ray_metrics_port,
+        _node_ip_address="127.0.0.1",  # tests' servers listen on loopback only
     )
     try:
         yield
