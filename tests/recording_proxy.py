@@ -2,7 +2,8 @@
 
 Tests put it between the code under test and moto to see exactly what went over the wire
 (which credentials signed a request, what an AssumeRole call carried) without patching boto3.
-It can also inject faults: a status code or a dropped connection for matching requests.
+It can also inject faults: a status code, a dropped connection, or a truncated body for
+matching requests.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class RecordedRequest:
 
 @dataclass
 class Fault:
-    """Answer matching requests with ``status`` (or drop the connection) ``times`` times."""
+    """Spoil the answer to matching requests ``times`` times; ``hits`` counts how often it did.
+
+    By default the answer is ``status`` with ``body``. ``drop_connection``: the connection is
+    closed without any answer (a reset). ``truncate``: the request is forwarded and the
+    upstream answer sent with its full ``Content-Length`` but only half of its body, then
+    the connection is closed (a transfer cut short).
+    """
 
     matches: Callable[[RecordedRequest], bool]
     status: int | None = 503
@@ -38,6 +45,8 @@ class Fault:
     )
     times: int = 1
     drop_connection: bool = False
+    truncate: bool = False
+    hits: int = 0
 
 
 @dataclass
@@ -79,31 +88,42 @@ class RecordingProxy:
                     )
                     if fault is not None:
                         fault.times -= 1
-                if fault is not None:
-                    if fault.drop_connection:
-                        self.close_connection = True
-                        self.connection.close()
-                        return
+                        fault.hits += 1
+                if fault is not None and fault.drop_connection:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault is not None and not fault.truncate:
                     self.send_response(fault.status or 503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(fault.body)))
                     self.end_headers()
-                    self.wfile.write(fault.body)
+                    if self.command != "HEAD":
+                        self.wfile.write(fault.body)
                     return
                 conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
+                # A HEAD answer has no body but announces the object's length.
+                announced = response.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
                     if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Length", announced or str(len(payload)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
                 conn.close()
+                if self.command == "HEAD":
+                    return
+                if fault is not None:  # truncate: half the body, then hang up
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self.wfile.write(payload)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

@@ -22,6 +22,14 @@ from cur_ray.domain.projects import StorageLocation
 from cur_ray.errors import StorageAccessError, StorageError
 
 MAX_MANIFEST_BYTES = 16 * 2**20
+# How many times pyarrow's AWS client sends one S3 request before a read fails (its "standard"
+# strategy: exponential backoff with jitter on throttling, 5xx and connection errors). It is
+# pyarrow's own default, set explicitly because it multiplies with the unit-level retries of
+# RetryPolicy (CUR_READ_RETRIES): a request that keeps failing is sent
+# S3_REQUEST_ATTEMPTS * (CUR_READ_RETRIES + 1) times before its file becomes ERROR. The
+# request-level retries are cheap (one ranged GET again); a unit-level retry re-reads the
+# whole work unit.
+S3_REQUEST_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,10 @@ def open_filesystem(spec: FileSystemSpec) -> pafs.FileSystem:
     if spec.scheme == "file":
         return pafs.LocalFileSystem()
     creds = spec.credentials
-    kwargs: dict[str, object] = {"region": spec.region or "us-east-1"}
+    kwargs: dict[str, object] = {
+        "region": spec.region or "us-east-1",
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_REQUEST_ATTEMPTS),
+    }
     if creds is not None:
         kwargs.update(
             access_key=creds.access_key_id,

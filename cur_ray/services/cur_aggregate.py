@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+from sqlalchemy.orm import Session
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -29,6 +30,7 @@ from tenacity import (
 
 from cur_ray.adapters.db import claims
 from cur_ray.adapters.db.costs import recompute_period_summaries, replace_file_costs
+from cur_ray.adapters.db.engine import lock_period_summaries
 from cur_ray.adapters.readers import WorkUnit, aggregate_work_unit, plan_work_units
 from cur_ray.adapters.storage import FileSystemSpec, open_filesystem
 from cur_ray.domain.aggregation import merge_partials
@@ -333,6 +335,18 @@ def _aggregate_project(
     _write_project(ctx, connection.project_id, outcomes, worker_id, result)
 
 
+@dataclass
+class _Written:
+    """What one project's write transaction did (applied to the result once committed)."""
+
+    periods: set[dt.date] = field(default_factory=set)
+    done: int = 0
+    lost: int = 0
+    failures: list[FailedFile] = field(default_factory=list)
+    rows: int = 0
+    bytes_read: int = 0
+
+
 def _write_project(
     ctx: AppContext,
     project_id: str,
@@ -340,17 +354,19 @@ def _write_project(
     worker_id: str,
     result: AggregateResult,
 ) -> None:
-    """One transaction: file costs, statuses and the summaries of every affected period."""
-    periods: set[dt.date] = set()
-    done = failed = 0
-    failures: list[FailedFile] = []
-    rows = bytes_read = 0
-    with ctx.db.transaction() as session:
+    """One transaction: file costs, statuses and the summaries of every affected period.
+
+    A transaction that PostgreSQL rolls back to break a deadlock (e.g. with Batch A
+    superseding these files) is run again with the same outcomes instead of failing the job.
+    """
+
+    def write(session: Session) -> _Written:
+        written = _Written()
         held = claims.still_held(session, [o.file for o in outcomes], worker_id)
         for outcome in outcomes:
             file = outcome.file
             if file.id not in held:
-                result.lost += 1
+                written.lost += 1
                 log.warning("claim lost before write", extra={"objectKey": file.object_key})
                 continue
             if outcome.error is None and outcome.partials is not None:
@@ -362,24 +378,34 @@ def _write_project(
                     rows_read=outcome.rows_read,
                     bytes_read=outcome.bytes_read,
                 )
-                periods.add(file.billing_period)
-                done += 1
-                rows += outcome.rows_read
-                bytes_read += outcome.bytes_read
+                written.periods.add(file.billing_period)
+                written.done += 1
+                written.rows += outcome.rows_read
+                written.bytes_read += outcome.bytes_read
             else:
                 message = outcome.error or "no result"
                 claims.mark_error(session, file, message)
-                failures.append(FailedFile(project_id, file.object_key, message))
-                failed += 1
+                written.failures.append(FailedFile(project_id, file.object_key, message))
                 log.warning("file failed", extra={"objectKey": file.object_key, "error": message})
-        for period in sorted(periods):
+        for period in sorted(written.periods):
+            # Another worker may be committing files of this period: include them.
+            lock_period_summaries(session, project_id, period)
             recompute_period_summaries(session, project_id, period)
+        return written
+
+    written = ctx.db.run_transaction(write)
     # Counted only once the transaction has committed.
-    result.done += done
-    result.failed.extend(failures)
-    result.rowsRead += rows
-    result.bytesRead += bytes_read
+    result.done += written.done
+    result.lost += written.lost
+    result.failed.extend(written.failures)
+    result.rowsRead += written.rows
+    result.bytesRead += written.bytes_read
     log.info(
         "project aggregation finished",
-        extra={"done": done, "failed": failed, "rowsRead": rows, "periods": len(periods)},
+        extra={
+            "done": written.done,
+            "failed": len(written.failures),
+            "rowsRead": written.rows,
+            "periods": len(written.periods),
+        },
     )

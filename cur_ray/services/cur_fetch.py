@@ -9,8 +9,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cur_ray.adapters.db.billing_files import record_versions, register_files
+from sqlalchemy.orm import Session
+
+from cur_ray.adapters.db.billing_files import (
+    RegistrationCounts,
+    record_versions,
+    register_files,
+)
 from cur_ray.adapters.db.costs import recompute_period_summaries
+from cur_ray.adapters.db.engine import lock_period_summaries
 from cur_ray.adapters.storage import FileSystemSpec, ObjectStore, object_store_from_spec
 from cur_ray.domain.discovery import (
     DiscoveryPlan,
@@ -202,13 +209,20 @@ def _register(
             "manifest names files that are not in the bucket",
             extra={"missing": len(plan.missing_keys), "example": plan.missing_keys[0]},
         )
-    with ctx.db.transaction() as session:
+
+    def register(session: Session) -> RegistrationCounts:
         record_versions(session, connection.project_id, plan.versions)
         counts = register_files(
             session, connection.project_id, connection.location.bucket, plan.files
         )
         for period in sorted(counts.affected_periods or ()):
+            # Batch B may be committing files of this period: include them.
+            lock_period_summaries(session, connection.project_id, period)
             recompute_period_summaries(session, connection.project_id, period)
+        return counts
+
+    # Run again if PostgreSQL breaks a deadlock with a Batch B write by rolling this back.
+    counts = ctx.db.run_transaction(register)
     outcome.registered = counts.registered
     outcome.requeued = counts.requeued
     outcome.superseded = counts.superseded

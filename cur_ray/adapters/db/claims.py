@@ -124,10 +124,15 @@ def still_held(session: Session, files: Sequence[ClaimedFile], worker_id: str) -
     """
     if not files:
         return set()
-    query = select(BillingFile.id, BillingFile.etag).where(
-        BillingFile.id.in_([f.id for f in files]),
-        BillingFile.claimed_by == worker_id,
-        BillingFile.status == FileStatus.PROCESSING,
+    query = (
+        select(BillingFile.id, BillingFile.etag)
+        .where(
+            BillingFile.id.in_([f.id for f in files]),
+            BillingFile.claimed_by == worker_id,
+            BillingFile.status == FileStatus.PROCESSING,
+        )
+        # Rows are locked in id order: writers locking in one order cannot deadlock.
+        .order_by(BillingFile.id)
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()

@@ -8,16 +8,19 @@ decimal text into floats).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import logging
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +29,18 @@ from sqlalchemy.sql.functions import GenericFunction
 from cur_ray.errors import ConfigurationError, DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+CONFLICT_ATTEMPTS = 3  # runs of a transaction that PostgreSQL rolls back to break a conflict
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class TransactionConflict(DatabaseError):
+    """PostgreSQL rolled the transaction back to break a conflict with another one.
+
+    SQLSTATE class 40: a deadlock (two writers locking rows in different orders, e.g.
+    Batch A superseding files while Batch B writes them) or a serialization failure.
+    Nothing of the transaction was kept; running it again can succeed at once.
+    """
 
 
 class exact_sum(GenericFunction[Decimal]):
@@ -130,6 +145,28 @@ class Database:
         with translate_db_errors(), self.sessions.begin() as session:
             yield session
 
+    def run_transaction(
+        self, work: Callable[[Session], T], *, attempts: int = CONFLICT_ATTEMPTS
+    ) -> T:
+        """Run ``work`` in one transaction; run it again when it loses a database conflict.
+
+        ``work`` must not have effects outside the session (it may run up to ``attempts``
+        times); only :class:`TransactionConflict` is retried, after a short pause.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as session:
+                    return work(session)
+            except TransactionConflict as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "transaction lost a database conflict; running it again",
+                    extra={"error": exc.message, "attempt": attempt},
+                )
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
@@ -140,15 +177,41 @@ def translate_db_errors() -> Iterator[None]:
     """Turn SQLAlchemy/driver errors into :class:`DatabaseError`, keeping the cause."""
     try:
         yield
-    except OperationalError as exc:
-        raise DatabaseError(f"database unavailable: {_short(exc)}") from exc
     except DBAPIError as exc:
+        if str(getattr(exc.orig, "sqlstate", None) or "").startswith("40"):
+            raise TransactionConflict(f"database conflict: {_short(exc)}") from exc
+        if isinstance(exc, OperationalError):
+            raise DatabaseError(f"database unavailable: {_short(exc)}") from exc
         raise DatabaseError(f"database error: {_short(exc)}") from exc
 
 
 def _short(exc: DBAPIError) -> str:
     # The driver's first line; never the bound parameters (they may hold secrets).
     return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+
+
+def lock_period_summaries(session: Session, project_id: str, period: dt.date) -> None:
+    """Wait for, then hold until commit, the right to recompute one period's summaries.
+
+    Summaries are recomputed from the files a transaction can see. Two transactions writing
+    files of the same (project, period) at once (two workers, or Batch A re-queuing files
+    while Batch B writes) would each miss the other's uncommitted files, and the later
+    commit would overwrite the summaries with sums missing the earlier one's files. Taking
+    this lock *before* reading the period's files makes them take turns: under PostgreSQL's
+    READ COMMITTED (the engine's level) every statement after the lock sees what the
+    previous holder committed. Callers lock periods in ascending order, so two writers
+    never wait for each other in a cycle.
+
+    PostgreSQL: a transaction-scoped advisory lock on two 32-bit hashes (a collision only
+    makes two unrelated periods take turns). SQLite: nothing to do, its write transactions
+    (``BEGIN IMMEDIATE``) already run one at a time.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:scope), hashtext(:key))"),
+        {"scope": f"cur_ray.period_summaries:{project_id}", "key": period.isoformat()},
+    )
 
 
 def alembic_config(url: str) -> Config:
