@@ -187,7 +187,8 @@ def parse_manifest(raw: bytes, key: str, info: KeyInfo, location: StorageLocatio
     """
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: json.loads on a hostile, deeply nested document.
         raise ManifestError(f"manifest {key}: not valid JSON ({exc.__class__.__name__})") from exc
     if not isinstance(document, dict):
         raise ManifestError(f"manifest {key}: expected a JSON object")

@@ -301,7 +301,12 @@ def aggregate(
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", min=1, help="At most N files (CUR_AGGREGATE_MAX_FILES)"),
+        typer.Option(
+            "--limit",
+            min=1,
+            max=jobs_service.MAX_LIMIT,
+            help="At most N files (CUR_AGGREGATE_MAX_FILES)",
+        ),
     ] = None,
     local: LocalFlag = False,
     as_json: JsonFlag = False,

@@ -12,7 +12,9 @@ Serve deployment.
   loop never blocks (RAY-NOTES: Serve routes must not block).
 * Every error has one shape, ``{"error": {"code": …, "message": …}}``: 401 unauthorized,
   403 forbidden, 404 not_found, 409 conflict, 422 invalid_input, 503 database_error, and
-  500 internal_error whose details (the traceback) go only to the server log.
+  500 internal_error whose details (the traceback) go only to the server log. A request
+  without a valid key is 401 even when it is also invalid (FastAPI parses the body before
+  the key is checked; the error handlers check the key first).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at runtime.
@@ -64,6 +66,7 @@ MAX_AGGREGATE_LIMIT = jobs_service.MAX_LIMIT
 MAX_JOB_LIST = jobs_service.MAX_LIST
 HEALTH_TIMEOUT_SECONDS = 5.0
 _MAX_MESSAGE = 1000
+_OPEN_PATHS = frozenset({"/healthz"})  # the only route that needs no API key
 
 # ---------------------------------------------------------------------------------------------
 # The coordinator hook
@@ -264,6 +267,12 @@ async def _on_cur_ray_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    # FastAPI parses the request body before it runs the route's dependencies, so a
+    # malformed body would answer 422 before the key is checked: authenticate first, so
+    # that a caller without a valid key always gets 401 and learns nothing of the schema.
+    refused = await _authentication_refusal(request)
+    if refused is not None:
+        return refused
     # Name the bad fields and what is wrong with them; never echo the input itself.
     problems = []
     for error in exc.errors()[:10]:
@@ -272,9 +281,30 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return error_response(422, "invalid_input", "invalid request: " + "; ".join(problems))
 
 
+async def _authentication_refusal(request: Request) -> JSONResponse | None:
+    """The 401 (or 503) of a request to a keyed route without a valid key, else ``None``."""
+    route = request.scope.get("route")
+    if getattr(route, "path", None) in _OPEN_PATHS:
+        return None
+    try:
+        await get_principal(get_runtime(request), await _bearer(request))
+    except CurRayError as error:
+        return await _on_cur_ray_error(request, error)
+    return None
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status not in (404, 405):
+        # E.g. 400 for a body that cannot be parsed at all: on a keyed route, the key first.
+        refused = await _authentication_refusal(request)
+        if refused is not None:
+            return refused
+    if status == 400:
+        # FastAPI's answer to a body it cannot even decode (e.g. JSON that is not UTF-8);
+        # malformed JSON is already a 422: one status for invalid input, as documented.
+        return error_response(422, "invalid_input", f"invalid request: {exc.detail}")
     code = _CODE_BY_STATUS.get(status, "http_error")
     if status == 404:
         message = "no such route"

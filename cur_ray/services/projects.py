@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +19,18 @@ from cur_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from cur_ray.settings import Settings
 
 _ROLE_ARN_PREFIX = "arn:aws"
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+
+
+def _valid_endpoint(url: str) -> bool:
+    parts = urlsplit(url)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and url.isprintable()
+        and len(url) <= 2048
+        and not any(c.isspace() for c in url)
+    )
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,10 @@ def add_project(
     location = parse_storage_url(storage_url)
     if role_arn is not None and not role_arn.startswith(_ROLE_ARN_PREFIX):
         raise InvalidInputError("role ARN must look like arn:aws:iam::<account>:role/<name>")
+    if region is not None and not _REGION_RE.fullmatch(region):
+        raise InvalidInputError("invalid region: use an AWS region name such as eu-west-1")
+    if endpoint_url is not None and not _valid_endpoint(endpoint_url):
+        raise InvalidInputError("invalid endpoint URL: use http(s)://host[:port]")
     if location.scheme == "file" and role_arn:
         raise InvalidInputError("a role ARN only applies to s3:// storage")
     if session.get(ProjectConnection, project_id) is not None:

@@ -281,7 +281,11 @@ PROJECT_ROUTES = [
     ("GET", "/projects/{p}/costs/monthly"),
     ("GET", "/projects/{p}/costs/daily"),
 ]
-GLOBAL_ROUTES = [("POST", "/batch/cur-fetch"), ("POST", "/batch/cur-aggregate"), ("GET", "/schedules")]
+GLOBAL_ROUTES = [
+    ("POST", "/batch/cur-fetch"),
+    ("POST", "/batch/cur-aggregate"),
+    ("GET", "/schedules"),
+]
 JOB_ROUTES = [("GET", "/jobs/{j}"), ("GET", "/jobs?projectId={p}")]
 
 
