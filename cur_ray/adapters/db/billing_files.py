@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cur_ray.adapters.db.models import BillingFile, ReportVersion, utcnow
 from cur_ray.domain.billing import FileStatus
 from cur_ray.domain.discovery import CurrentVersion, DiscoveredFile
 
-_CHUNK = 2000
+_CHUNK = 1000  # rows per statement (PostgreSQL multi-row VALUES, update batches)
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -69,39 +70,51 @@ def register_files(
     """Apply a discovery plan: insert new files, requeue changed ones, supersede old/vanished.
 
     New rows go in with ``INSERT … ON CONFLICT DO NOTHING`` on the unique
-    (project, bucket, key), so concurrent runs never create duplicates.
+    (project, bucket, key), so concurrent runs never create duplicates. The insert is one
+    bulk statement per status (see :func:`bulk_insert`); its row count says how many rows a
+    concurrent run had not already inserted.
     """
     counts = RegistrationCounts(affected_periods=set())
     known = _known_files(session, project_id, bucket)
     now = utcnow()
 
-    new_rows = [_row(project_id, bucket, f, now) for f in files if f.key not in known]
-    for start in range(0, len(new_rows), _CHUNK):
-        chunk = new_rows[start : start + _CHUNK]
-        stmt = (
-            dialect_insert(session, BillingFile.__table__)
-            .on_conflict_do_nothing(index_elements=["project_id", "bucket_name", "object_key"])
-            .returning(BillingFile.__table__.c.status)
+    new_files = [f for f in files if f.key not in known]
+    connection = session.connection()
+    row = _row_builder(connection, project_id, bucket, now)
+    for current in (True, False):
+        rows = [row(f) for f in new_files if f.current is current]
+        inserted = bulk_insert(
+            connection,
+            BillingFile.__tablename__,
+            _NEW_FILE_COLUMNS,
+            rows,
+            conflict=["project_id", "bucket_name", "object_key"],
         )
-        inserted = session.execute(stmt, chunk).scalars().all()
-        counts.registered += sum(1 for s in inserted if s == FileStatus.PENDING)
-        counts.superseded += sum(1 for s in inserted if s == FileStatus.SUPERSEDED)
+        if current:
+            counts.registered += inserted
+        else:
+            counts.superseded += inserted
 
     listed: set[str] = set()
+    changes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for f in files:
         listed.add(f.key)
-        row = known.get(f.key)
-        if row is None:
+        known_row = known.get(f.key)
+        if known_row is None:
             continue
-        values = _changes(row, f)
+        values = _changes(known_row, f)
         if values:
             if values.get("status") == FileStatus.PENDING:
                 counts.requeued += 1
             if values.get("status") == FileStatus.SUPERSEDED:
                 counts.superseded += 1
-                counts.affected_periods.add(row.billing_period)  # type: ignore[union-attr]
+                counts.affected_periods.add(known_row.billing_period)  # type: ignore[union-attr]
             values["updated_at"] = now
-            session.execute(update(BillingFile).where(BillingFile.id == row.id).values(**values))
+            # Rows changing the same columns are updated together (executemany by id).
+            changes.setdefault(tuple(sorted(values)), []).append({"id": known_row.id, **values})
+    for rows_of_kind in changes.values():
+        for start in range(0, len(rows_of_kind), _CHUNK):
+            session.execute(update(BillingFile), rows_of_kind[start : start + _CHUNK])
 
     vanished = [
         row
@@ -135,23 +148,113 @@ def _known_files(session: Session, project_id: str, bucket: str) -> dict[str, _K
     return {r[0]: _Known(*r[1:]) for r in session.execute(query)}
 
 
-def _row(project_id: str, bucket: str, f: DiscoveredFile, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "project_id": project_id,
-        "bucket_name": bucket,
-        "object_key": f.key,
-        "etag": f.etag,
-        "size_bytes": f.size,
-        "last_modified": f.last_modified,
-        "report_name": f.report_name,
-        "billing_period": f.billing_period,
-        "format": f.format.value,
-        "version_id": f.version_id,
-        "status": FileStatus.PENDING if f.current else FileStatus.SUPERSEDED,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+_NEW_FILE_COLUMNS = (
+    "project_id",
+    "bucket_name",
+    "object_key",
+    "etag",
+    "size_bytes",
+    "last_modified",
+    "report_name",
+    "billing_period",
+    "format",
+    "version_id",
+    "status",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
+
+
+def _row_builder(
+    connection: Connection, project_id: str, bucket: str, now: dt.datetime
+) -> Callable[[DiscoveredFile], tuple[Any, ...]]:
+    """A function giving the driver values of a new file's row (:data:`_NEW_FILE_COLUMNS`).
+
+    Values are converted exactly as the model's column types would (the dialect's own bind
+    processors: datetimes and dates are text on SQLite).
+    """
+    dialect = connection.dialect
+    table = BillingFile.__table__
+    stamp = table.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    day = table.c.billing_period.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    created = stamp(now)
+    formats: dict[Any, str] = {}
+
+    def row(f: DiscoveredFile) -> tuple[Any, ...]:
+        fmt = formats.get(f.format)
+        if fmt is None:
+            fmt = formats[f.format] = f.format.value
+        return (
+            project_id,
+            bucket,
+            f.key,
+            f.etag,
+            f.size,
+            None if f.last_modified is None else stamp(f.last_modified),
+            f.report_name,
+            day(f.billing_period),
+            fmt,
+            f.version_id,
+            _PENDING if f.current else _SUPERSEDED,
+            0,
+            created,
+            created,
+        )
+
+    return row
+
+
+_PENDING = FileStatus.PENDING.value
+_SUPERSEDED = FileStatus.SUPERSEDED.value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def bulk_insert(
+    connection: Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    numeric: Iterable[str] = (),
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+) -> int:
+    """Insert many rows with as few statements as possible; returns the rows inserted.
+
+    ``rows`` hold driver values in ``columns`` order. With ``conflict`` (the columns of a
+    unique constraint) rows already present are left alone (``ON CONFLICT DO NOTHING``),
+    or, with ``update``, overwritten in those columns (an upsert; the count then includes
+    updated rows). SQLite: one prepared statement run by the driver's ``executemany``.
+    PostgreSQL: multi-row ``VALUES`` lists of :data:`_CHUNK` rows; ``numeric`` columns come
+    as exact decimal text and are cast by the server.
+    """
+    if not rows:
+        return 0
+    clause = ""
+    if conflict:
+        clause = f" ON CONFLICT ({', '.join(conflict)}) DO "
+        if update:
+            clause += "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
+        else:
+            clause += "NOTHING"
+    names = ", ".join(columns)
+    if connection.dialect.name == "sqlite":
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {table} ({names}) VALUES ({marks}){clause}"
+        return int(connection.exec_driver_sql(sql, list(rows)).rowcount)
+    casts = set(numeric)
+    one = "(" + ", ".join("%s::numeric" if c in casts else "%s" for c in columns) + ")"
+    inserted = 0
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(chunk))}{clause}"
+        params = tuple(value for row in chunk for value in row)
+        inserted += int(connection.exec_driver_sql(sql, params).rowcount)
+    return inserted
 
 
 def _changes(row: _Known, f: DiscoveredFile) -> dict[str, Any]:

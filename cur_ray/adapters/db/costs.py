@@ -4,55 +4,185 @@ Summaries of a (project, period) are exactly the sum of the ``finops_file_costs`
 period's contributing files (:mod:`cur_ray.domain.versions`). They are rewritten by upsert on
 their unique keys plus removal of rows that no longer have a source, inside the caller's
 transaction.
+
+Bulk paths (Batch B writes tens of thousands of rows per project in one transaction):
+
+* file costs are inserted straight from the Arrow partials with one ``executemany``
+  (SQLite) or multi-row ``INSERT`` statements (PostgreSQL); money goes in as exact decimal
+  text, exactly as the :data:`~cur_ray.adapters.db.models.Money` type would store it;
+* summaries are summed with Arrow's exact ``decimal128`` sums: from the partials written in
+  this same transaction (remembered on the session) and from the stored rows of any other
+  contributing file, then written with one bulk upsert per table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
-from sqlalchemy import ColumnElement, delete, func, insert, select
+import pyarrow.compute as pc
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cur_ray.adapters.db.billing_files import dialect_insert
-from cur_ray.adapters.db.engine import exact_sum
+from cur_ray.adapters.db.billing_files import bulk_insert, dialect_insert
 from cur_ray.adapters.db.models import (
     MEASURE_COLUMNS,
     BillingFile,
     CostServiceMonthly,
     CostSummaryDaily,
     FileCost,
-    Money,
     ReportVersion,
     utcnow,
 )
+from cur_ray.domain.aggregation import DECIMAL_TYPE
 from cur_ray.domain.versions import FileState, contributing_file_ids
+
+__all__ = [
+    "MONEY_MEASURES",
+    "daily_costs",
+    "dialect_insert",
+    "monthly_costs",
+    "period_file_states",
+    "recompute_period_summaries",
+    "replace_file_costs",
+]
 
 MONEY_MEASURES = tuple(m for m in MEASURE_COLUMNS if m != "line_items")
 _DAILY_KEY = ("usage_date", "usage_account_id", "currency")
 _MONTHLY_KEY = ("usage_account_id", "service_code", "charge_category", "currency")
-_CHUNK = 2000
+_ID_CHUNK = 500  # ids per IN (...) list
+_WRITTEN = "cur_ray.written_file_costs"  # session.info: file id -> partials written here
+
+_FILE_COST_COLUMNS = (
+    "file_id",
+    "project_id",
+    "grain",
+    "billing_period",
+    "usage_date",
+    "usage_account_id",
+    "service_code",
+    "service_name",
+    "charge_category",
+    "currency",
+    *MEASURE_COLUMNS,
+)
+_COST_FIELDS: list[pa.Field] = [
+    pa.field("grain", pa.string()),
+    pa.field("billing_period", pa.date32()),
+    pa.field("usage_date", pa.date32()),
+    pa.field("usage_account_id", pa.string()),
+    pa.field("service_code", pa.string()),
+    pa.field("service_name", pa.string()),
+    pa.field("charge_category", pa.string()),
+    pa.field("currency", pa.string()),
+    *(pa.field(m, DECIMAL_TYPE) for m in MONEY_MEASURES),
+    pa.field("line_items", pa.int64()),
+]
+_COST_SCHEMA = pa.schema(_COST_FIELDS)
+
+
+# ------------------------------------------------------------------------------ bulk SQL
+
+
+def _money_texts(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """Exact decimal text of a money column, as the ``Money`` type stores it (no exponent)."""
+    texts: list[str | None] = column.cast(DECIMAL_TYPE).cast(pa.string()).to_pylist()
+    # Arrow writes small magnitudes with an exponent ("0E-18"); the Money type never does.
+    return [t if t is None or "E" not in t else format(Decimal(t), "f") for t in texts]
+
+
+def _date_values(column: pa.ChunkedArray | pa.Array, dialect: str) -> list[Any]:
+    """Dates as the driver takes them: ISO text on SQLite (SQLAlchemy's format), else dates."""
+    if dialect == "sqlite":
+        texts: list[Any] = column.cast(pa.string()).to_pylist()
+        return texts
+    dates: list[Any] = column.to_pylist()
+    return dates
+
+
+def _written(session: Session) -> dict[int, pa.Table]:
+    written: dict[int, pa.Table] = session.info.setdefault(_WRITTEN, {})
+    return written
+
+
+# ------------------------------------------------------------------------------ file costs
 
 
 def replace_file_costs(session: Session, file_id: int, project_id: str, partials: pa.Table) -> None:
-    """Replace the stored partial aggregates of one file with ``partials``."""
-    session.execute(delete(FileCost).where(FileCost.file_id == file_id))
-    rows = partials.to_pylist()
-    for row in rows:
-        row["file_id"] = file_id
-        row["project_id"] = project_id
-    for start in range(0, len(rows), _CHUNK):
-        session.execute(insert(FileCost), rows[start : start + _CHUNK])
+    """Replace the stored partial aggregates of one file with ``partials`` (one bulk insert).
 
-
-def _measure_sums(model: Any) -> list[ColumnElement[Any]]:
-    sums: list[ColumnElement[Any]] = [
-        exact_sum(getattr(model, m), type_=Money).label(m) for m in MONEY_MEASURES
+    The partials are remembered on the session, so the summaries recomputed later in the
+    same transaction are summed from them without reading the rows back.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    connection.exec_driver_sql(
+        f"DELETE FROM {FileCost.__tablename__} WHERE file_id = "
+        f"{'?' if dialect == 'sqlite' else '%s'}",
+        (file_id,),
+    )
+    n = partials.num_rows
+    columns: list[list[Any]] = [
+        [file_id] * n,
+        [project_id] * n,
+        partials["grain"].to_pylist(),
+        _date_values(partials["billing_period"], dialect),
+        _date_values(partials["usage_date"], dialect),
+        partials["usage_account_id"].to_pylist(),
+        partials["service_code"].to_pylist(),
+        partials["service_name"].to_pylist(),
+        partials["charge_category"].to_pylist(),
+        partials["currency"].to_pylist(),
+        *(_money_texts(partials[m]) for m in MONEY_MEASURES),
+        partials["line_items"].to_pylist(),
     ]
-    sums.append(func.coalesce(func.sum(model.line_items), 0).label("line_items"))
-    return sums
+    bulk_insert(
+        connection,
+        FileCost.__tablename__,
+        _FILE_COST_COLUMNS,
+        list(zip(*columns, strict=True)),
+        numeric=MONEY_MEASURES,
+    )
+    _written(session)[file_id] = partials.select(_COST_SCHEMA.names).cast(_COST_SCHEMA)
+
+
+def _stored_costs(session: Session, file_ids: Sequence[int]) -> pa.Table:
+    """The stored file costs of ``file_ids`` as an Arrow table (exact decimals)."""
+    connection = session.connection()
+    sqlite = connection.dialect.name == "sqlite"
+    names = [f.name for f in _COST_FIELDS]
+    rows: list[Any] = []
+    for start in range(0, len(file_ids), _ID_CHUNK):
+        ids = list(file_ids[start : start + _ID_CHUNK])
+        marks = ", ".join(("?" if sqlite else "%s") for _ in ids)
+        sql = f"SELECT {', '.join(names)} FROM {FileCost.__tablename__} WHERE file_id IN ({marks})"
+        rows.extend(connection.exec_driver_sql(sql, tuple(ids)).fetchall())
+    arrays = []
+    for index, field in enumerate(_COST_FIELDS):
+        values = [row[index] for row in rows]
+        textual = pa.types.is_decimal(field.type) or pa.types.is_date(field.type)
+        if textual and any(isinstance(v, str) for v in values):  # SQLite keeps text
+            arrays.append(pa.array(values, pa.string()).cast(field.type))
+        else:
+            arrays.append(cast(pa.Array, pa.array(values, field.type)))
+    return pa.Table.from_arrays(arrays, schema=_COST_SCHEMA)
+
+
+def _contributing_costs(session: Session, file_ids: Sequence[int]) -> pa.Table:
+    written = _written(session)
+    tables = [written[i] for i in file_ids if i in written]
+    stored = [i for i in file_ids if i not in written]
+    if stored:
+        tables.append(_stored_costs(session, stored))
+    if not tables:
+        return _COST_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+# ------------------------------------------------------------------------------ summaries
 
 
 def period_file_states(session: Session, project_id: str, period: dt.date) -> list[FileState]:
@@ -85,24 +215,37 @@ def recompute_period_summaries(session: Session, project_id: str, period: dt.dat
             _version_order(session, project_id, period),
         )
     )
+    costs = _contributing_costs(session, ids)
     now = utcnow()
-    daily_rows = _grouped(session, ids, "daily") if ids else []
-    monthly_rows = _grouped(session, ids, "monthly") if ids else []
-    _write(session, CostSummaryDaily, project_id, period, daily_rows, _DAILY_KEY, now)
-    _write(session, CostServiceMonthly, project_id, period, monthly_rows, _MONTHLY_KEY, now)
-
-
-def _grouped(session: Session, file_ids: list[int], grain: str) -> list[dict[str, Any]]:
-    keys = _DAILY_KEY if grain == "daily" else _MONTHLY_KEY
-    columns: list[Any] = [getattr(FileCost, k) for k in keys]
-    if grain == "monthly":
-        columns.append(func.max(FileCost.service_name).label("service_name"))
-    query = (
-        select(*columns, *_measure_sums(FileCost))
-        .where(FileCost.file_id.in_(file_ids), FileCost.grain == grain)
-        .group_by(*[getattr(FileCost, k) for k in keys])
+    _write(session, CostSummaryDaily, project_id, period, _summed(costs, "daily"), _DAILY_KEY, now)
+    _write(
+        session,
+        CostServiceMonthly,
+        project_id,
+        period,
+        _summed(costs, "monthly"),
+        _MONTHLY_KEY,
+        now,
     )
-    return [dict(row._mapping) for row in session.execute(query)]
+
+
+def _summed(costs: pa.Table, grain: str) -> pa.Table:
+    """Exact sums of one grain's rows per summary key (``service_name``: the largest)."""
+    keys = list(_DAILY_KEY if grain == "daily" else _MONTHLY_KEY)
+    rows = costs.filter(pc.equal(costs["grain"], pa.scalar(grain)))
+    options = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
+    aggregations: list[Any] = [(m, "sum", options) for m in MONEY_MEASURES]
+    aggregations.append(("line_items", "sum"))
+    if grain == "monthly":
+        aggregations.append(("service_name", "max"))
+    grouped = rows.group_by(keys, use_threads=False).aggregate(aggregations)
+    renamed = {f"{m}_sum": m for m in MEASURE_COLUMNS}
+    renamed["service_name_max"] = "service_name"
+    return grouped.rename_columns([renamed.get(n, n) for n in grouped.column_names])
+
+
+def _key_text(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
 def _write(
@@ -110,31 +253,56 @@ def _write(
     model: Any,
     project_id: str,
     period: dt.date,
-    rows: list[dict[str, Any]],
+    sums: pa.Table,
     keys: tuple[str, ...],
     now: dt.datetime,
 ) -> None:
-    kept: list[int] = []
-    for row in rows:
-        row.update(project_id=project_id, billing_period=period, updated_at=now)
-        for m in MONEY_MEASURES:
-            if row[m] is not None:
-                row[m] = Decimal(row[m])
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        stmt = dialect_insert(session, model.__table__)
-        update_columns = [*MEASURE_COLUMNS, "updated_at"]
-        if model is CostServiceMonthly:
-            update_columns.append("service_name")
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["project_id", "billing_period", *keys],
-            set_={c: getattr(stmt.excluded, c) for c in update_columns},
-        ).returning(model.__table__.c.id)
-        kept.extend(session.execute(stmt, chunk).scalars().all())
-    stale = delete(model).where(model.project_id == project_id, model.billing_period == period)
-    if kept:
-        stale = stale.where(model.id.not_in(kept))
-    session.execute(stale)
+    """Upsert the summary rows of one (project, period) and drop rows without a source."""
+    connection = session.connection()
+    dialect = connection.dialect
+    table = model.__table__
+    n = sums.num_rows
+    # The driver value of ``now`` exactly as the column type writes it (text on SQLite).
+    stamp = table.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect) or _identity
+    period_value = period.isoformat() if dialect.name == "sqlite" else period
+    extra = ["service_name"] if model is CostServiceMonthly else []
+    columns = ["project_id", "billing_period", *keys, *extra, *MEASURE_COLUMNS, "updated_at"]
+    values: list[list[Any]] = [[project_id] * n, [period_value] * n]
+    for key in keys:
+        column = sums[key]
+        is_date = pa.types.is_date(column.type)
+        values.append(_date_values(column, dialect.name) if is_date else column.to_pylist())
+    values.extend(sums[name].to_pylist() for name in extra)
+    values.extend(_money_texts(sums[m]) for m in MONEY_MEASURES)
+    values.append([int(v or 0) for v in sums["line_items"].to_pylist()])
+    values.append([stamp(now)] * n)
+    bulk_insert(
+        connection,
+        table.name,
+        columns,
+        list(zip(*values, strict=True)),
+        numeric=MONEY_MEASURES,
+        conflict=["project_id", "billing_period", *keys],
+        update=[*extra, *MEASURE_COLUMNS, "updated_at"],
+    )
+    kept = {
+        tuple(_key_text(v) for v in row) for row in zip(*values[2 : 2 + len(keys)], strict=True)
+    }
+    existing = session.execute(
+        select(table.c.id, *(table.c[k] for k in keys)).where(
+            table.c.project_id == project_id, table.c.billing_period == period
+        )
+    ).all()
+    stale = [row[0] for row in existing if tuple(_key_text(v) for v in row[1:]) not in kept]
+    for start in range(0, len(stale), _ID_CHUNK):
+        session.execute(table.delete().where(table.c.id.in_(stale[start : start + _ID_CHUNK])))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# ------------------------------------------------------------------------------ queries
 
 
 def monthly_costs(

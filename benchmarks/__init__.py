@@ -1,0 +1,1 @@
+"""Benchmarks of cur_ray against DuckDB and plain pyarrow (see benchmarks/README.md)."""
