@@ -49,7 +49,7 @@ def _serve(port_queue: Any) -> None:
         time.sleep(3600)
 
 
-def start_moto() -> tuple[str, multiprocessing.Process]:
+def start_moto() -> tuple[str, Any]:
     """A moto server in a child process; its endpoint URL and the process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -96,6 +96,8 @@ def bare_listing(client: Any) -> int:
 
 def batch_a(endpoint: str, work: Path, attempt: int) -> tuple[float, dict[str, Any]]:
     """Batch A on a fresh SQLite database; returns (seconds, the project's result)."""
+    from pydantic import SecretStr
+
     from cur_ray.adapters.crypto import generate_key
     from cur_ray.adapters.db.engine import upgrade_database
     from cur_ray.services.context import AppContext
@@ -105,9 +107,10 @@ def batch_a(endpoint: str, work: Path, attempt: int) -> tuple[float, dict[str, A
 
     url = f"sqlite:///{work / f'batch-a-{attempt}.db'}"
     upgrade_database(url)
+    # aws_endpoint_url is set by its alias (AWS_ENDPOINT_URL) elsewhere: mypy's plugin-free view.
     settings = Settings(  # type: ignore[call-arg]
         database_url=url,
-        cur_secrets_key=generate_key(),
+        cur_secrets_key=SecretStr(generate_key()),
         aws_endpoint_url=endpoint,
         log_level="WARNING",
     )

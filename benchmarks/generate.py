@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -266,7 +266,8 @@ def _map_pool(maps: Sequence[dict[str, str]]) -> tuple[pa.MapArray, pa.Array]:
         keys.extend(m)
         items.extend(m.values())
         offsets[i + 1] = len(keys)
-    array = pa.MapArray.from_arrays(pa.array(offsets), _strings(keys), _strings(items))
+    from_arrays: Any = pa.MapArray.from_arrays
+    array = from_arrays(pa.array(offsets), _strings(keys), _strings(items))
     text = _strings([json.dumps(m, separators=(",", ":")) for m in maps])
     return array, text
 
@@ -760,7 +761,7 @@ def generate_chunk(world: World, rng: np.random.Generator, n: int) -> Chunk:
         "product": _take(world.product_maps, sku),
         "resource_tags": _take(world.tag_maps, np.where(has_resource, world.res_tags[res], 0)),
         "cost_category": _take(world.cost_category_maps, account),
-        "discount": pa.MapArray.from_arrays(
+        "discount": cast(Any, pa.MapArray.from_arrays)(
             pa.array(np.zeros(n + 1, dtype=np.int32)),
             pa.array([], pa.string()),
             pa.array([], pa.float64()),

@@ -254,7 +254,7 @@ _DEC = pa.decimal128(38, 10)
 _WIDE = pa.decimal128(37, 10)
 
 
-def _row_measures(t: pa.Table) -> dict[str, Any]:
+def _row_measures(t: Any) -> dict[str, Any]:
     typ = t["line_item_line_item_type"]
 
     def raw(c: str) -> Any:
@@ -320,13 +320,13 @@ def _row_measures(t: pa.Table) -> dict[str, Any]:
 
 def pyarrow_aggregate(paths: Sequence[str]) -> Results:
     """Plain pyarrow, one process: read each row group's columns, compute, group, merge."""
-    sums = [(m, "sum", pc.ScalarAggregateOptions(min_count=1)) for m in MONEY]
+    sums: list[Any] = [(m, "sum", pc.ScalarAggregateOptions(min_count=1)) for m in MONEY]
     daily_parts: list[pa.Table] = []
     monthly_parts: list[pa.Table] = []
     for path in paths:
         parquet = pq.ParquetFile(path)
         for index in range(parquet.num_row_groups):
-            t = parquet.read_row_group(index, columns=list(_PYARROW_COLUMNS))
+            t: Any = parquet.read_row_group(index, columns=list(_PYARROW_COLUMNS))
             excluded = pc.fill_null(pc.is_in(t["line_item_operation"], pa.array(EXCLUDED)), False)
             t = t.filter(pc.invert(excluded))
             typ = t["line_item_line_item_type"]
@@ -337,12 +337,12 @@ def pyarrow_aggregate(paths: Sequence[str]) -> Results:
                     pc.if_else(
                         pc.is_in(typ, pa.array(["Tax", "Credit"])),
                         typ,
-                        pc.if_else(pc.equal(typ, "Refund"), "Adjustment", "Usage"),
+                        pc.if_else(pc.equal(typ, pa.scalar("Refund")), "Adjustment", "Usage"),
                     ),
                     "Usage",
                 ),
             )
-            keys = {
+            keys: dict[str, Any] = {
                 "billing_period": pc.floor_temporal(
                     t["bill_billing_period_start_date"], unit="month"
                 ).cast(pa.date32()),
@@ -355,7 +355,8 @@ def pyarrow_aggregate(paths: Sequence[str]) -> Results:
             }
             # Empty names and names equal to the code never win (the service-name rule).
             fallback = pc.fill_null(
-                pc.or_(pc.equal(keys["name"], ""), pc.equal(keys["name"], keys["code"])), True
+                pc.or_(pc.equal(keys["name"], pa.scalar("")), pc.equal(keys["name"], keys["code"])),
+                True,
             )
             keys["name"] = pc.if_else(fallback, pa.scalar(None, pa.string()), keys["name"])
             table = pa.table({**keys, **_row_measures(t), "one": pa.repeat(1, t.num_rows)})
@@ -370,14 +371,20 @@ def pyarrow_aggregate(paths: Sequence[str]) -> Results:
                 ).aggregate([*sums, ("one", "sum"), ("name", "max")])
             )
     results: Results = {}
-    merge = [(f"{m}_sum", "sum", pc.ScalarAggregateOptions(min_count=1)) for m in MONEY]
+    merge: list[Any] = [(f"{m}_sum", "sum", pc.ScalarAggregateOptions(min_count=1)) for m in MONEY]
     daily = (
         pa.concat_tables(daily_parts)
         .group_by(["billing_period", "usage_date", "account", "currency"])
         .aggregate([*merge, ("one_sum", "sum")])
     )
     for row in daily.to_pylist():
-        key = ("daily", row["billing_period"], row["usage_date"], row["account"], row["currency"])
+        key: Key = (
+            "daily",
+            row["billing_period"],
+            row["usage_date"],
+            row["account"],
+            row["currency"],
+        )
         money = tuple(row[f"{m}_sum_sum"] for m in MONEY)
         results[key] = Figures(money, row["one_sum_sum"])
     monthly = (

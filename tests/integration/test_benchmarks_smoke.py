@@ -44,7 +44,7 @@ def test_batch_b_benchmark_smoke_run_checks_every_engine_and_reports(tmp_path: P
         "(c) plain pyarrow, single process",
         "(d) cur_ray aggregation in one process (no Ray, no DB)",
         "ratio (a)/(b):",
-        "peak RSS: task workers",
+        "peak RSS (VmHWM, (a) runs): task workers",
         "coordinator",
         "CSV.gz, 1 file of 4,000 rows",
         "(b) DuckDB read_csv, same measures",

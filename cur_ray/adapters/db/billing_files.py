@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,13 +11,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cur_ray.adapters.db.models import BillingFile, ReportVersion, utcnow
 from cur_ray.domain.billing import FileStatus
 from cur_ray.domain.discovery import CurrentVersion, DiscoveredFile
 
-_CHUNK = 1000  # rows per statement (PostgreSQL multi-row VALUES, update batches)
+_CHUNK = 1000  # rows per UPDATE batch and ids per IN (...) list
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -219,18 +221,19 @@ def bulk_insert(
     columns: Sequence[str],
     rows: Sequence[tuple[Any, ...]],
     *,
-    numeric: Iterable[str] = (),
     conflict: Sequence[str] = (),
     update: Sequence[str] = (),
 ) -> int:
-    """Insert many rows with as few statements as possible; returns the rows inserted.
+    """Insert many rows in bulk inside the caller's transaction; returns the rows inserted.
 
-    ``rows`` hold driver values in ``columns`` order. With ``conflict`` (the columns of a
-    unique constraint) rows already present are left alone (``ON CONFLICT DO NOTHING``),
-    or, with ``update``, overwritten in those columns (an upsert; the count then includes
-    updated rows). SQLite: one prepared statement run by the driver's ``executemany``.
-    PostgreSQL: multi-row ``VALUES`` lists of :data:`_CHUNK` rows; ``numeric`` columns come
-    as exact decimal text and are cast by the server.
+    ``rows`` hold driver values in ``columns`` order (numbers of ``NUMERIC`` columns may be
+    exact decimal text). With ``conflict`` (the columns of a unique constraint) rows already
+    present are left alone (``ON CONFLICT DO NOTHING``), or, with ``update``, overwritten in
+    those columns (an upsert; the count then includes updated rows).
+
+    SQLite: one prepared ``INSERT`` run by the driver's ``executemany``. PostgreSQL:
+    ``COPY … FROM STDIN`` straight into the table, or, with ``conflict``, into a temporary
+    staging table followed by one ``INSERT … SELECT … ON CONFLICT`` statement.
     """
     if not rows:
         return 0
@@ -246,15 +249,39 @@ def bulk_insert(
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {table} ({names}) VALUES ({marks}){clause}"
         return int(connection.exec_driver_sql(sql, list(rows)).rowcount)
-    casts = set(numeric)
-    one = "(" + ", ".join("%s::numeric" if c in casts else "%s" for c in columns) + ")"
-    inserted = 0
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(chunk))}{clause}"
-        params = tuple(value for row in chunk for value in row)
-        inserted += int(connection.exec_driver_sql(sql, params).rowcount)
-    return inserted
+    if not conflict:
+        _copy(connection, table, names, rows)
+        return len(rows)
+    stage = f"cur_ray_stage_{uuid.uuid4().hex[:16]}"
+    # Column types without constraints or defaults; dropped at the latest with the commit.
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
+    )
+    _copy(connection, stage, names, rows)
+    result = connection.exec_driver_sql(
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage}{clause}"
+    )
+    connection.exec_driver_sql(f"DROP TABLE {stage}")
+    return int(result.rowcount)
+
+
+def _copy(connection: Connection, table: str, names: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    """PostgreSQL ``COPY FROM STDIN`` of ``rows`` on the connection's psycopg connection.
+
+    Driver errors come out as SQLAlchemy's (``DBAPIError`` subclasses), like those of every
+    other statement, so callers translate them the same way.
+    """
+    statement = f"COPY {table} ({names}) FROM STDIN"
+    driver: Any = connection.connection.driver_connection
+    dbapi_error = connection.dialect.loaded_dbapi.Error
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi_error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, hide_parameters=True, dialect=connection.dialect
+        ) from exc
 
 
 def _changes(row: _Known, f: DiscoveredFile) -> dict[str, Any]:

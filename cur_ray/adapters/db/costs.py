@@ -54,6 +54,7 @@ MONEY_MEASURES = tuple(m for m in MEASURE_COLUMNS if m != "line_items")
 _DAILY_KEY = ("usage_date", "usage_account_id", "currency")
 _MONTHLY_KEY = ("usage_account_id", "service_code", "charge_category", "currency")
 _ID_CHUNK = 500  # ids per IN (...) list
+_WIDE_TYPE = pa.decimal256(76, 18)
 _WRITTEN = "cur_ray.written_file_costs"  # session.info: file id -> partials written here
 
 _FILE_COST_COLUMNS = (
@@ -89,7 +90,9 @@ _COST_SCHEMA = pa.schema(_COST_FIELDS)
 
 def _money_texts(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
     """Exact decimal text of a money column, as the ``Money`` type stores it (no exponent)."""
-    texts: list[str | None] = column.cast(DECIMAL_TYPE).cast(pa.string()).to_pylist()
+    if not pa.types.is_decimal(column.type):
+        column = column.cast(DECIMAL_TYPE)
+    texts: list[str | None] = column.cast(pa.string()).to_pylist()
     # Arrow writes small magnitudes with an exponent ("0E-18"); the Money type never does.
     return [t if t is None or "E" not in t else format(Decimal(t), "f") for t in texts]
 
@@ -144,7 +147,6 @@ def replace_file_costs(session: Session, file_id: int, project_id: str, partials
         FileCost.__tablename__,
         _FILE_COST_COLUMNS,
         list(zip(*columns, strict=True)),
-        numeric=MONEY_MEASURES,
     )
     _written(session)[file_id] = partials.select(_COST_SCHEMA.names).cast(_COST_SCHEMA)
 
@@ -233,6 +235,11 @@ def _summed(costs: pa.Table, grain: str) -> pa.Table:
     """Exact sums of one grain's rows per summary key (``service_name``: the largest)."""
     keys = list(_DAILY_KEY if grain == "daily" else _MONTHLY_KEY)
     rows = costs.filter(pc.equal(costs["grain"], pa.scalar(grain)))
+    # 256-bit sums: a period total may exceed decimal(38, 18) (|x| >= 1e20) and must then
+    # reach the database exact, for it to store (SQLite) or refuse (PostgreSQL), never wrap.
+    for m in MONEY_MEASURES:
+        index = rows.schema.get_field_index(m)
+        rows = rows.set_column(index, m, rows[m].cast(_WIDE_TYPE))
     options = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
     aggregations: list[Any] = [(m, "sum", options) for m in MONEY_MEASURES]
     aggregations.append(("line_items", "sum"))
@@ -281,7 +288,6 @@ def _write(
         table.name,
         columns,
         list(zip(*values, strict=True)),
-        numeric=MONEY_MEASURES,
         conflict=["project_id", "billing_period", *keys],
         update=[*extra, *MEASURE_COLUMNS, "updated_at"],
     )
