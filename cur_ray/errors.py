@@ -16,6 +16,7 @@ so that entrypoints (CLI, HTTP) map them to exit codes and JSON errors in one pl
     │   └── TransientStorageError   throttling, resets, timeouts: worth a retry
     ├── ManifestError             an untrusted manifest that cannot be used
     ├── FileFormatError           a CUR data file that cannot be read or understood
+    │   └── AmountOutOfRangeError   amounts or sums of 1e20 or more: refused, never stored
     └── DatabaseError             the database is unreachable or refused a statement
 """
 
@@ -102,6 +103,16 @@ class FileFormatError(CurRayError):
     """A CUR data file is corrupt, truncated or not in a supported format."""
 
     code = "file_format_error"
+
+
+class AmountOutOfRangeError(FileFormatError):
+    """Amounts, or sums of them, of 1e20 or more in absolute value.
+
+    They do not fit the ``decimal(38, 18)`` money columns, so they are refused (the file
+    that brings them ends in ``ERROR``) rather than wrapped, rounded or half-stored.
+    """
+
+    code = "amount_out_of_range"
 
 
 class DatabaseError(CurRayError):

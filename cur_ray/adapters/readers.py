@@ -28,17 +28,15 @@ import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import IO, Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cur_ray.domain.aggregation import DECIMAL_TYPE, MEASURES, PARTIAL_SCHEMA, aggregate_batches
+from cur_ray.domain.aggregation import PARTIAL_SCHEMA, aggregate_batches
 from cur_ray.domain.billing import SourceFormat
 from cur_ray.domain.columns import columns_to_read, detect_format
 from cur_ray.errors import (
@@ -187,7 +185,7 @@ def _translated_errors(key: str, what: str) -> Iterator[None]:
     except FileFormatError as exc:
         if exc.message.startswith(f"{key}:"):
             raise
-        raise FileFormatError(f"{key}: {exc.message}") from exc
+        raise type(exc)(f"{key}: {exc.message}") from exc
     except CurRayError:
         raise
     except FileNotFoundError as exc:
@@ -641,26 +639,4 @@ def aggregate_work_unit(
             result = _aggregate_parquet(fs, unit)
         else:
             result = _aggregate_csv(fs, unit, kind, limits)
-    _check_measure_range(result.partials, unit.key)
     return result
-
-
-_MAX_MEASURE = Decimal(10) ** (DECIMAL_TYPE.precision - DECIMAL_TYPE.scale)
-
-
-def _check_measure_range(partials: pa.Table, key: str) -> None:
-    """Refuse sums that do not fit ``decimal(38, 18)`` (|x| < 1e20) instead of storing them.
-
-    Such a sum comes only from absurd amounts (AWS writes nothing near 1e20); the database
-    column could not hold it, and an exact figure cannot be promised for it.
-    """
-    for measure in MEASURES:
-        column = partials[measure]
-        if column.null_count == len(column):
-            continue
-        largest = pc.max(pc.abs(column)).as_py()
-        if largest is not None and largest >= _MAX_MEASURE:
-            raise FileFormatError(
-                f"{key}: {measure} sums to more than 1e20 in absolute value (beyond "
-                "decimal(38, 18)): amounts this large are refused, not stored"
-            )

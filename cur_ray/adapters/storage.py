@@ -128,9 +128,12 @@ class S3ObjectStore:
             response = self._client.get_object(Bucket=self.location.bucket, Key=key)
             if int(response.get("ContentLength", 0)) > max_bytes:
                 raise StorageError(f"{what}: larger than {max_bytes} bytes")
-            return response["Body"].read(max_bytes + 1)[:max_bytes]
+            data: bytes = response["Body"].read(max_bytes + 1)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, what) from exc
+        if len(data) > max_bytes:  # a body longer than announced (or announced without length)
+            raise StorageError(f"{what}: larger than {max_bytes} bytes")
+        return data
 
     def filesystem_spec(self) -> FileSystemSpec:
         """S3 access for tasks, with this project's (temporary) credentials."""

@@ -10,7 +10,9 @@ Pure: no I/O. Input batches carry the canonical column names of
   charge_category, currency), with ``usage_date`` null.
 
 Money is exact (never floats): the figures equal an exact decimal sum of the source values,
-stored as ``decimal128(38, 18)``. Measures whose source column is absent are null. Empty
+stored as ``decimal128(38, 18)``. Decimal sums run on 256 bits and come back through a
+checked cast, so a figure of 1e20 or more raises :class:`AmountOutOfRangeError` instead of
+wrapping around. Measures whose source column is absent are null. Empty
 values count as 0, except in ``blended_cost``, ``net_unblended_cost`` and
 ``net_amortized_cost``: there an empty value is null on its row, so a group is null only
 when all its rows are (e.g. the always-present but empty net columns of CUR 2.0 without
@@ -55,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cur_ray.domain.billing import SourceFormat
-from cur_ray.errors import FileFormatError
+from cur_ray.errors import AmountOutOfRangeError, FileFormatError
 
 __all__ = [
     "CHARGE_CATEGORY_BY_LINE_ITEM_TYPE",
@@ -72,9 +74,12 @@ __all__ = [
 ]
 
 DECIMAL_TYPE = pa.decimal128(38, 18)
-# Operands of an addition/subtraction: Arrow widens p+1, and 38 is decimal128's limit.
-_OPERAND_TYPE = pa.decimal128(37, 18)
+# Sums and additions run on 256 bits, then come back to DECIMAL_TYPE by a checked cast:
+# Arrow's decimal128 sums wrap around silently past 2**127 (about 1.7e20).
+_WIDE_TYPE = pa.decimal256(76, 18)
+_WIDE_OPERAND_TYPE = pa.decimal256(75, 18)  # Arrow widens an addition's precision by one
 _ZERO = pa.scalar(Decimal(0), DECIMAL_TYPE)
+_MAX_SUM = Decimal(10) ** (DECIMAL_TYPE.precision - DECIMAL_TYPE.scale)  # 1e20: out of range
 
 MEASURES: tuple[str, ...] = (
     "unblended_cost",
@@ -275,10 +280,46 @@ def _utc_date(arr: pa.Array, name: str) -> pa.Array:
     raise FileFormatError(f"column {name}: type {t} is not a timestamp")
 
 
-def _sum2(a: pa.Array | pa.Scalar, b: pa.Array | pa.Scalar, *, subtract: bool = False) -> ArrayLike:
+def _narrow(values: ArrayLike, name: str) -> ArrayLike:
+    """``decimal128(38, 18)`` of wide (256-bit) sums, refusing any of 1e20 or more.
+
+    ``decimal(38, 18)`` holds ``|x| < 1e20``; Arrow's checked cast enforces exactly that.
+    """
+    try:
+        return values.cast(DECIMAL_TYPE)
+    except pa.ArrowInvalid as exc:
+        raise AmountOutOfRangeError(
+            f"{name} sums to 1e20 or more in absolute value (beyond decimal(38, 18)): "
+            "amounts this large are refused, not stored"
+        ) from exc
+
+
+def _widened(table: pa.Table, names: Iterable[str]) -> pa.Table:
+    """``table`` with the decimal columns ``names`` cast to 256 bits where a 128-bit sum of
+    them could leave ``decimal(38, 18)``.
+
+    A column whose largest magnitude times its length stays below 1e20 is left as it is: no
+    group's sum can then wrap or reach 1e20 (the usual case, and the faster sum).
+    """
+    for name in names:
+        column = table[name]
+        if not pa.types.is_decimal(column.type) or column.null_count == len(column):
+            continue
+        extremes = cast(dict[str, Decimal], pc.min_max(column).as_py())
+        largest = max(abs(extremes["min"]), abs(extremes["max"]))
+        if largest * len(column) >= _MAX_SUM:
+            table = table.set_column(
+                table.schema.get_field_index(name), name, column.cast(_WIDE_TYPE)
+            )
+    return table
+
+
+def _sum2(
+    a: pa.Array | pa.Scalar, b: pa.Array | pa.Scalar, *, subtract: bool = False, name: str
+) -> ArrayLike:
     fn = pc.subtract if subtract else pc.add
-    out = fn(a.cast(_OPERAND_TYPE), b.cast(_OPERAND_TYPE))
-    return cast(ArrayLike, out.cast(DECIMAL_TYPE))
+    out = fn(a.cast(_WIDE_OPERAND_TYPE), b.cast(_WIDE_OPERAND_TYPE))
+    return _narrow(cast(ArrayLike, out), name)
 
 
 # ------------------------------------------------------------------ exact scaled integers
@@ -556,7 +597,7 @@ def _amounts_of_texts(
     return _Amounts(ints=converted, valid=valid, extra_rows=rows, extra=extra)
 
 
-def _add(a: _Amounts, b: _Amounts, *, subtract: bool = False) -> _Amounts:
+def _add(a: _Amounts, b: _Amounts, *, subtract: bool = False, name: str) -> _Amounts:
     """Row-wise ``a + b`` (or ``a - b``) of zero-filled amounts."""
     if a.ints is not None and b.ints is not None:
         ints = a.ints - b.ints if subtract else a.ints + b.ints
@@ -564,10 +605,11 @@ def _add(a: _Amounts, b: _Amounts, *, subtract: bool = False) -> _Amounts:
         rows = np.union1d(a.extra_rows, b.extra_rows)
         if rows.size == 0:
             return _Amounts(ints=ints, bound=bound)
-        extra = cast(pa.Array, _sum2(a.at(rows), b.at(rows), subtract=subtract))
+        extra = cast(pa.Array, _sum2(a.at(rows), b.at(rows), subtract=subtract, name=name))
         ints[rows] = 0
         return _Amounts(ints=ints, extra_rows=rows, extra=extra, bound=bound)
-    return _Amounts(decimals=cast(pa.Array, _sum2(a.decimal(), b.decimal(), subtract=subtract)))
+    total = _sum2(a.decimal(), b.decimal(), subtract=subtract, name=name)
+    return _Amounts(decimals=cast(pa.Array, total))
 
 
 def _select(base: _Amounts, branches: Sequence[tuple[np.ndarray, _Amounts]]) -> _Amounts:
@@ -918,7 +960,7 @@ def _cur_rows(batch: pa.RecordBatch) -> _Rows:
         if rows is not None:
             total = value("savings_plan_total_commitment_to_date", rows)
             used = value("savings_plan_used_commitment", rows)
-            branches.append((rows, _add(total, used, subtract=True)))
+            branches.append((rows, _add(total, used, subtract=True, name=f"{p}amortized_cost")))
         rows = type_rows.rows("SavingsPlanNegation", "SavingsPlanUpfrontFee")
         if rows is not None:
             branches.append((rows, _zeros(len(rows))))
@@ -929,7 +971,7 @@ def _cur_rows(batch: pa.RecordBatch) -> _Rows:
         if rows is not None:
             upfront = value(f"reservation_{p}unused_amortized_upfront_fee_for_billing_period", rows)
             recurring = value(f"reservation_{p}unused_recurring_fee", rows)
-            branches.append((rows, _add(upfront, recurring)))
+            branches.append((rows, _add(upfront, recurring, name=f"{p}amortized_cost")))
         if fee_rows is not None:
             branches.append((fee_rows, _zeros(len(fee_rows))))
         return _select(base, branches)
@@ -1085,13 +1127,15 @@ def _group(
     """
     aggregations: list[Any] = [(m, "sum", _sum_options()) for m in sums]
     aggregations.append(([], "count_all"))
+    # Decimal sums (_measure_sums narrows them back) run on 256 bits, so they cannot wrap.
+    sums = {m: v.cast(_WIDE_TYPE) if pa.types.is_decimal(v.type) else v for m, v in sums.items()}
     sizes = [d.size for d in dims]
     n = len(dims[0].codes)
     if math.prod(sizes) >= _KEY_LIMIT:
         columns = {f"__k{i}": pa.array(d.codes) for i, d in enumerate(dims)}
         # Rare path: extra rows become sparse decimal columns summed with the rest.
         sparse = {
-            f"__extra_{m}": _scatter(pa.nulls(n, DECIMAL_TYPE), rows, values)
+            f"__extra_{m}": _scatter(pa.nulls(n, _WIDE_TYPE), rows, values.cast(_WIDE_TYPE))
             for m, (rows, values) in extras.items()
         }
         table = pa.table({**columns, **sums, **sparse})
@@ -1102,7 +1146,7 @@ def _group(
             aggregations + extra_aggregations
         )
         sparse_sums = {
-            m: cast(pa.Array, _fill_null(grouped[f"__extra_{m}_sum"].combine_chunks(), _ZERO))
+            m: cast(pa.Array, _fill_null(_narrow(grouped[f"__extra_{m}_sum"], m), _ZERO))
             for m in extras
         }
         return [np.asarray(grouped[k].to_numpy()) for k in columns], grouped, sparse_sums
@@ -1130,7 +1174,7 @@ def _group(
             if not live.any():
                 continue
             per_key = (
-                pa.table({"k": keys[live], "v": values.filter(pa.array(live))})
+                pa.table({"k": keys[live], "v": values.filter(pa.array(live)).cast(_WIDE_TYPE)})
                 .group_by("k", use_threads=False)
                 .aggregate([("v", "sum")])
             )
@@ -1138,7 +1182,7 @@ def _group(
             positions = sorter[np.searchsorted(ordered, found)]
             order = np.argsort(positions)
             zeros = pa.repeat(_ZERO, len(packed))
-            amounts = per_key["v_sum"].combine_chunks().cast(DECIMAL_TYPE)
+            amounts = cast(pa.Array, _narrow(per_key["v_sum"].combine_chunks(), m))
             extra_sums[m] = _scatter(zeros, positions[order], amounts.take(order))
     codes: list[np.ndarray] = []
     rest = packed.copy()
@@ -1164,10 +1208,10 @@ def _measure_sums(
             ints = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False))
             total = _ints_to_decimal(ints.astype(np.int64), valid)
         else:
-            total = column.cast(DECIMAL_TYPE)
+            total = cast(pa.Array, _narrow(column, m))
         if m in extra_sums:
             # A group holding an extra row is never null: the row counts with 0 in ``ints``.
-            total = cast(pa.Array, _sum2(total, extra_sums[m]))
+            total = cast(pa.Array, _sum2(total, extra_sums[m], name=m))
         out[m] = total
     return out
 
@@ -1276,6 +1320,7 @@ def _regroup(table: pa.Table, *, sort: bool = True) -> pa.Table:
         "service_name",
         pc.if_else(fallback, _NULL_STRING, name),
     )
+    table = _widened(table, MEASURES)
     grouped = table.group_by(list(PARTIAL_KEYS), use_threads=False).aggregate(
         [(m, "sum", _sum_options()) for m in MEASURES]
         + [("line_items", "sum"), ("service_name", "max")]
@@ -1286,6 +1331,11 @@ def _regroup(table: pa.Table, *, sort: bool = True) -> pa.Table:
             columns.append(grouped[field.name])
         elif field.name == "service_name":
             columns.append(pc.coalesce(grouped["service_name_max"], grouped["service_code"]))
+        elif field.name in MEASURES:
+            column = grouped[f"{field.name}_sum"]
+            if column.type != DECIMAL_TYPE:  # widened: check; else proved in range
+                column = cast(pa.ChunkedArray, _narrow(column, field.name))
+            columns.append(column)
         else:
             columns.append(grouped[f"{field.name}_sum"])
     result = pa.Table.from_arrays(columns, schema=PARTIAL_SCHEMA)

@@ -120,6 +120,8 @@ class Coordinator:
         """What this coordinator is doing (for health checks and tests)."""
         return {
             "workerId": self._worker_id,
+            # The Ray worker process of this incarnation: the WorkerId tag of its metrics.
+            "rayWorkerId": ray.get_runtime_context().get_worker_id(),
             "version": code_version(),
             "running": {job_id: p.as_dict() for job_id, p in self._running.items()},
         }

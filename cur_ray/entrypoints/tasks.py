@@ -143,19 +143,22 @@ class _FileState:
             self.fail(result.error or "no result")
             return
         self.partials.append(result.partials)
-        if len(self.partials) >= 8:  # keep the merge state small, whatever the file size
-            self.partials = [merge_partials(self.partials)]
         self.rows_read += result.rows_read
         self.bytes_read += result.bytes_read
         self.source_format = result.source_format
-        if self.pending_tasks == 0:
-            self.outcome = FileOutcome(
-                file=self.file,
-                partials=merge_partials(self.partials),
-                rows_read=self.rows_read,
-                bytes_read=self.bytes_read,
-                source_format=self.source_format,
-            )
+        try:
+            if len(self.partials) >= 8:  # keep the merge state small, whatever the file size
+                self.partials = [merge_partials(self.partials)]
+            if self.pending_tasks == 0:
+                self.outcome = FileOutcome(
+                    file=self.file,
+                    partials=merge_partials(self.partials),
+                    rows_read=self.rows_read,
+                    bytes_read=self.bytes_read,
+                    source_format=self.source_format,
+                )
+        except CurRayError as exc:  # e.g. units whose sums together reach 1e20
+            self.fail(exc.message)
 
 
 Submit = Callable[[], Any]

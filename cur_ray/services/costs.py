@@ -14,7 +14,7 @@ from cur_ray.adapters.db.models import MEASURE_COLUMNS
 from cur_ray.errors import InvalidInputError
 from cur_ray.services.projects import get_connection
 
-_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")  # ASCII only: \d also matches other digits
 
 
 def parse_month(value: str | None, name: str) -> dt.date | None:

@@ -29,12 +29,17 @@ from tenacity import (
 )
 
 from cur_ray.adapters.db import claims
-from cur_ray.adapters.db.costs import recompute_period_summaries, replace_file_costs
+from cur_ray.adapters.db.costs import (
+    recompute_period_summaries,
+    refuse_out_of_range,
+    replace_file_costs,
+)
 from cur_ray.adapters.db.engine import lock_period_summaries
 from cur_ray.adapters.readers import WorkUnit, aggregate_work_unit, plan_work_units
 from cur_ray.adapters.storage import FileSystemSpec, open_filesystem
 from cur_ray.domain.aggregation import merge_partials
 from cur_ray.errors import (
+    AmountOutOfRangeError,
     ConfigurationError,
     CurRayError,
     DatabaseError,
@@ -264,6 +269,34 @@ def run_cur_aggregate_batch(
     return result
 
 
+def _naming(file: claims.ClaimedFile, message: str) -> str:
+    """A file's error message, starting with its key unless the key is already in it."""
+    return message if file.object_key in message else f"{file.object_key}: {message}"
+
+
+def _refused_files(
+    session: Session,
+    project_id: str,
+    outcomes: Sequence[FileOutcome],
+    held: set[int],
+    periods: set[dt.date],
+) -> dict[int, str]:
+    """The files of ``periods`` to refuse because they take a summary to 1e20 (id → why)."""
+    if not periods:
+        return {}
+    candidates: dict[dt.date, dict[int, pa.Table]] = {}
+    for o in outcomes:
+        if o.file.id in held and o.error is None and o.partials is not None:
+            candidates.setdefault(o.file.billing_period, {})[o.file.id] = o.partials
+    # Every period this transaction writes, locked in ascending order before any is read.
+    for period in sorted(candidates):
+        lock_period_summaries(session, project_id, period)
+    refused: dict[int, str] = {}
+    for period in sorted(periods & candidates.keys()):
+        refused.update(refuse_out_of_range(session, project_id, period, candidates[period]))
+    return refused
+
+
 def _release_quietly(ctx: AppContext, files: list[claims.ClaimedFile], worker_id: str) -> None:
     try:
         with ctx.db.transaction() as session:
@@ -347,6 +380,14 @@ class _Written:
     bytes_read: int = 0
 
 
+class _PeriodOutOfRange(Exception):
+    """A period's summaries would leave decimal(38, 18): write again, refusing files."""
+
+    def __init__(self, period: dt.date) -> None:
+        super().__init__(period.isoformat())
+        self.period = period
+
+
 def _write_project(
     ctx: AppContext,
     project_id: str,
@@ -358,18 +399,23 @@ def _write_project(
 
     A transaction that PostgreSQL rolls back to break a deadlock (e.g. with Batch A
     superseding these files) is run again with the same outcomes instead of failing the job.
+    So is one in which a period's summaries would reach 1e20 (absurd amounts spread over
+    files that each fit): the next attempt refuses the files that cause it
+    (:func:`refuse_out_of_range`), which end in ``ERROR`` while the others are written.
     """
+    checked: set[dt.date] = set()  # periods whose files are admitted one by one
 
     def write(session: Session) -> _Written:
         written = _Written()
         held = claims.still_held(session, [o.file for o in outcomes], worker_id)
+        refused = _refused_files(session, project_id, outcomes, held, checked)
         for outcome in outcomes:
             file = outcome.file
             if file.id not in held:
                 written.lost += 1
                 log.warning("claim lost before write", extra={"objectKey": file.object_key})
                 continue
-            if outcome.error is None and outcome.partials is not None:
+            if outcome.error is None and outcome.partials is not None and file.id not in refused:
                 replace_file_costs(session, file.id, project_id, outcome.partials)
                 claims.mark_done(
                     session,
@@ -383,17 +429,28 @@ def _write_project(
                 written.rows += outcome.rows_read
                 written.bytes_read += outcome.bytes_read
             else:
-                message = outcome.error or "no result"
+                message = _naming(file, refused.get(file.id) or outcome.error or "no result")
                 claims.mark_error(session, file, message)
                 written.failures.append(FailedFile(project_id, file.object_key, message))
                 log.warning("file failed", extra={"objectKey": file.object_key, "error": message})
         for period in sorted(written.periods):
             # Another worker may be committing files of this period: include them.
             lock_period_summaries(session, project_id, period)
-            recompute_period_summaries(session, project_id, period)
+            try:
+                recompute_period_summaries(session, project_id, period)
+            except AmountOutOfRangeError as exc:
+                if period in checked:
+                    raise  # out of range even without the refused files: nothing to blame
+                raise _PeriodOutOfRange(period) from exc
         return written
 
-    written = ctx.db.run_transaction(write)
+    while True:
+        try:
+            written = ctx.db.run_transaction(write)
+            break
+        except _PeriodOutOfRange as exc:
+            log.warning("period total out of range; refusing the files that cause it")
+            checked.add(exc.period)
     # Counted only once the transaction has committed.
     result.done += written.done
     result.lost += written.lost

@@ -10,6 +10,7 @@ subprocess measures that reading a ~1 GiB bomb keeps peak memory bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import io
@@ -23,7 +24,8 @@ import sys
 import textwrap
 import zipfile
 import zlib
-from decimal import Decimal
+from collections.abc import Iterator
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,10 @@ from cur_ray.adapters.readers import (
     aggregate_work_unit,
     plan_work_units,
 )
-from cur_ray.errors import DatabaseError, FileFormatError
+from cur_ray.errors import FileFormatError
 from cur_ray.samples.expected import expected_monthly
-from cur_ray.samples.line_items import generate_line_items
-from cur_ray.samples.writers import write_data_export
+from cur_ray.samples.line_items import LineItem, generate_line_items
+from cur_ray.samples.writers import write_data_export, write_legacy_csv_export
 from cur_ray.services.context import AppContext
 from cur_ray.services.costs import daily_costs, monthly_costs
 from cur_ray.services.cur_aggregate import run_cur_aggregate_batch
@@ -61,6 +63,13 @@ HEADER = (
 ACCOUNT = "999999999999"  # the hostile files' rows; the good files use other accounts
 COLUMN = "line_item_unblended_cost"
 MiB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def exact_decimals() -> Iterator[None]:
+    """Exact Decimal arithmetic in these tests: 28 digits would round figures near 1e20."""
+    with localcontext(prec=80):
+        yield
 
 
 def row(cost: str, day: int = 5) -> str:
@@ -112,8 +121,8 @@ def unblended_total(ctx: AppContext, account: str | None = None) -> Decimal:
         months = monthly_costs(session, PROJECT)
         days = daily_costs(session, PROJECT)
     pick = [r for r in months if account is None or r["usage_account_id"] == account]
-    monthly = sum((Decimal(r["unblended_cost"]) for r in pick), start=Decimal(0))
     picked_days = [r for r in days if account is None or r["usage_account_id"] == account]
+    monthly = sum((Decimal(r["unblended_cost"]) for r in pick), start=Decimal(0))
     daily = sum((Decimal(r["unblended_cost"]) for r in picked_days), start=Decimal(0))
     assert monthly == daily
     return monthly
@@ -460,17 +469,7 @@ def test_hostile_csv_content_errors_alone(ctx: AppContext, tmp_path: Path) -> No
     assert unblended_total(ctx) == want + sum(EXACT.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cur_ray/domain/aggregation.py sums decimal128 with Arrow's hash_sum, which wraps "
-        "around past 2**127 raw (about 1.7e20): four amounts of 9e19 sum to about 1.97e19 "
-        "without an error. The readers' range check catches sums that land beyond 1e20, not "
-        "those that wrap back into range (here the monthly table even disagrees with the "
-        "daily one). Remove this mark once the aggregation checks its decimal sums."
-    ),
-)
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the reader's bug
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # reader only
 def test_amounts_whose_sum_wraps_around_are_refused(ctx: AppContext, tmp_path: Path) -> None:
     root = tmp_path / "bucket"
     want = good_export(root, seed=44)
@@ -484,18 +483,6 @@ def test_amounts_whose_sum_wraps_around_are_refused(ctx: AppContext, tmp_path: P
     assert_outcomes(files, {"wraps.csv": "1e20"}, good_names(files, {"wraps.csv"}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Sums across files are not range-checked: two files of 6e19 each (both fine alone) "
-        "make a period total of 1.2e20, beyond decimal(38, 18). On PostgreSQL "
-        "recompute_period_summaries (cur_ray/adapters/db/costs.py) fails with 'numeric field "
-        "overflow': the whole batch raises DatabaseError and every file of the project goes "
-        "back to PENDING, so the project never progresses; SQLite stores the out-of-range "
-        "total. Remove this mark once such files error alone."
-    ),
-    raises=(AssertionError, DatabaseError),
-)
 def test_amounts_whose_period_total_overflows_error_alone(ctx: AppContext, tmp_path: Path) -> None:
     root = tmp_path / "bucket"
     want = good_export(root, seed=46)
@@ -507,10 +494,66 @@ def test_amounts_whose_period_total_overflows_error_alone(ctx: AppContext, tmp_p
     files = run_batches(ctx, root)  # must not raise
 
     done_big = [n for n in ("big-1.csv", "big-2.csv") if files[n]["status"] == "DONE"]
-    assert len(done_big) < 2, "an out-of-range period total was stored"
-    assert unblended_total(ctx) == want + big * len(done_big)
+    # The first (by id) fits and is kept; the second would take the total to 1.2e20.
+    assert done_big == ["big-1.csv"], "an out-of-range period total was stored"
+    assert unblended_total(ctx) == want + big
     assert_outcomes(
         files,
         {n: "1e20" for n in ("big-1.csv", "big-2.csv") if n not in done_big},
         good_names(files, {"big-1.csv", "big-2.csv"}) | set(done_big),
     )
+
+
+def test_a_new_version_whose_total_overflows_keeps_the_previous_version_shown(
+    ctx: AppContext, tmp_path: Path
+) -> None:
+    """Refusals follow the version rule: the previous complete version keeps showing."""
+    root = tmp_path / "bucket"
+    common: dict[str, Any] = {"prefix": "", "report": "r", "period": MARCH, "compression": "none"}
+
+    def huge(seed: int, files: int) -> list[LineItem]:
+        """Items whose file parts each hold one amount of 6e19, on the same summary rows."""
+        items = generate_line_items(period=MARCH, seed=seed, rows=80, accounts=2)
+        size = len(items) // files  # the writer's parts, when it divides evenly
+        for part in range(files):
+            at = next(
+                i
+                for i in range(part * size, (part + 1) * size)
+                if items[i].line_item_line_item_type == "Usage"
+                and not items[i].line_item_operation.endswith("-EC2")
+            )
+            items[at] = dataclasses.replace(  # same summary keys in every part
+                items[at],
+                line_item_unblended_cost="60000000000000000000",
+                line_item_usage_account_id=items[0].line_item_usage_account_id,
+                line_item_usage_start_date="2024-03-05T00:00:00Z",
+                line_item_product_code="AmazonEC2",
+            )
+        return items
+
+    first = huge(51, files=1)
+    write_legacy_csv_export(root, assembly_id="a1", items=first, **common)
+    shown = sum((f["unblended_cost"] for f in expected_monthly(first).values()), Decimal(0))
+    files = run_batches(ctx, root)
+    assert [f["status"] for f in files.values()] == ["DONE"]
+    assert unblended_total(ctx) == shown
+
+    # The next delivery's two files fit alone, but together take the month to 1.2e20.
+    write_legacy_csv_export(root, assembly_id="a2", items=huge(52, files=2), files=2, **common)
+    run_cur_fetch_batch(PROJECT, ctx=ctx)
+    result = run_cur_aggregate_batch(PROJECT, ctx=ctx)
+
+    assert (result.done, [f.objectKey for f in result.failed]) == (
+        1,
+        ["r/20240301-20240401/a2/r-2.csv"],
+    )
+    assert "1e20" in result.failed[0].error
+    assert "2024-03" in result.failed[0].error
+    with ctx.db.transaction() as session:
+        statuses = {f["object_key"]: f["status"] for f in list_files(session)}
+    assert statuses == {
+        "r/20240301-20240401/a1/r-1.csv": "SUPERSEDED",  # yet still shown
+        "r/20240301-20240401/a2/r-1.csv": "DONE",
+        "r/20240301-20240401/a2/r-2.csv": "ERROR",
+    }
+    assert unblended_total(ctx) == shown  # the incomplete new version is not shown

@@ -233,6 +233,7 @@ HOSTILE_VALUES = [
     "é" * 1000,
     "x" * 100_000,
     "2024-03'; DELETE FROM finops_cost_service_monthly; --",
+    "\u0662\u0660\u0662\u0664-\u0660\u0663",  # 2024-03 in Arabic-Indic digits
 ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import ray
 
 from cur_ray.adapters.aws import AwsTarget
 from cur_ray.entrypoints.coordinator import get_coordinator
@@ -86,7 +87,8 @@ def test_job_metrics_appear_on_the_metrics_endpoint(
     )
     with ctx.db.transaction() as session:
         add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
-    get_coordinator(coordinator_env)
+    coordinator = get_coordinator(coordinator_env)
+    coordinator_worker = ray.get(coordinator.status.remote())["rayWorkerId"]
     assert wait_job(ctx, enqueue(ctx, "cur-fetch", "acme")).status == "completed"
     assert wait_job(ctx, enqueue(ctx, "cur-aggregate", "acme")).status == "completed"
 
@@ -95,7 +97,19 @@ def test_job_metrics_appear_on_the_metrics_endpoint(
     while time.monotonic() < deadline:
         series = scrape(ray_metrics_port)
         rows = series.get("ray_cur_ray_rows_read_total", [])
-        if set(EXPECTED_SERIES) <= set(series) and any(float(r["__value__"]) >= 600 for r in rows):
+        # The files gauge is published by the coordinator's loop after the job: wait for it.
+        # Only this test's coordinator counts: killed ones' last values stay exported a while.
+        done = [
+            float(f["__value__"])
+            for f in series.get("ray_cur_ray_files", [])
+            if f["status"] == "DONE" and f.get("WorkerId") == coordinator_worker
+        ]
+        if (
+            set(EXPECTED_SERIES) <= set(series)
+            and any(float(r["__value__"]) >= 600 for r in rows)
+            and done
+            and done[0] >= 2
+        ):
             break
         time.sleep(1)
     missing = set(EXPECTED_SERIES) - set(series)
@@ -104,8 +118,7 @@ def test_job_metrics_appear_on_the_metrics_endpoint(
         assert all(tags <= set(labels) for labels in series[name]), name
     jobs = {(s["name"], s["outcome"]) for s in series["ray_cur_ray_jobs_total"]}
     assert {("cur-fetch", "completed"), ("cur-aggregate", "completed")} <= jobs
-    statuses = {s["status"]: float(s["__value__"]) for s in series["ray_cur_ray_files"]}
-    assert statuses["DONE"] >= 2
+    assert done == [2.0], "the coordinator's files gauge shows its 2 DONE files"
     assert max(float(r["__value__"]) for r in series["ray_cur_ray_rows_read_total"]) >= 600
 
 

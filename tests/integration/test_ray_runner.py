@@ -6,6 +6,8 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
@@ -68,5 +70,57 @@ def test_ray_runner_aggregates_row_groups_exactly(ctx: AppContext, tmp_path: Pat
         for f in (*expected_monthly(items).values(), *expected_monthly(csv_items).values())
     )
     got = sum(Decimal(r["unblended_cost"]) for r in rows)
-    assert abs(got - want) < Decimal("1e-8")
+    assert got == want
     assert statuses["broken.snappy.parquet"] == "ERROR"
+
+
+def test_row_groups_that_together_reach_1e20_error_their_file_only(
+    ctx: AppContext, tmp_path: Path
+) -> None:
+    """Each row group fits decimal(38, 18); their merge in the coordinator would not."""
+    root = tmp_path / "bucket"
+    items = generate_line_items(period=MARCH, seed=23, rows=400, accounts=2)
+    write_data_export(
+        root,
+        prefix="",
+        export="x",
+        period=MARCH,
+        execution_id="e",
+        items=items,
+        file_format="parquet",
+        files=1,
+        row_group_size=100,
+        write_manifest=False,
+    )
+    huge = pa.table(
+        {
+            "bill_billing_period_start_date": ["2024-03-01T00:00:00Z"] * 3,
+            "line_item_usage_account_id": ["999999999999"] * 3,
+            "line_item_line_item_type": ["Usage"] * 3,
+            "line_item_usage_start_date": ["2024-03-05T00:00:00Z"] * 3,
+            "line_item_product_code": ["AmazonEC2"] * 3,
+            "line_item_currency_code": ["USD"] * 3,
+            "line_item_unblended_cost": ["60000000000000000000"] * 3,
+        }
+    )
+    folder = root / "x" / "data" / "BILLING_PERIOD=2024-03"
+    pq.write_table(huge, folder / "huge.snappy.parquet", row_group_size=1)
+    with ctx.db.transaction() as session:
+        add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
+
+    run_cur_fetch_batch("acme", ctx=ctx, planner=plan_with_ray)
+    result = run_cur_aggregate_batch(
+        "acme", ctx=ctx, runner=RayFileRunner(max_in_flight=3, target_rows=1)
+    )
+
+    assert (result.done, [f.objectKey.rsplit("/", 1)[-1] for f in result.failed]) == (
+        1,
+        ["huge.snappy.parquet"],
+    )
+    error = result.failed[0].error
+    assert "huge.snappy.parquet" in error
+    assert "1e20" in error
+    with ctx.db.transaction() as session:
+        rows = monthly_costs(session, "acme")
+    want = sum(f["unblended_cost"] for f in expected_monthly(items).values())
+    assert sum(Decimal(r["unblended_cost"]) for r in rows) == want

@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import random
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +21,7 @@ from cur_ray.domain.aggregation import (
     merge_partials,
 )
 from cur_ray.domain.billing import SourceFormat
-from cur_ray.errors import FileFormatError
+from cur_ray.errors import AmountOutOfRangeError, FileFormatError
 
 CUR = SourceFormat.CUR2_PARQUET
 ACCOUNT = "123456789012"
@@ -679,3 +679,64 @@ def test_merge_of_nothing_is_empty() -> None:
     empty = merge_partials([])
     assert empty.num_rows == 0
     assert empty.schema == PARTIAL_SCHEMA
+
+
+# ------------------------------------------------------------------- amounts near 1e20
+
+NEAR_LIMIT = "90000000000000000000"  # 9e19: fits decimal(38, 18); four of them do not
+LARGEST = Decimal("99999999999999999999.999999999999999999")  # decimal(38, 18)'s largest
+
+
+def _usage(cost: str, day: int = 5) -> dict[str, str | None]:
+    return {"line_item_unblended_cost": cost, "line_item_usage_start_date": f"2024-03-0{day}"}
+
+
+@pytest.mark.parametrize(
+    ("label", "rows"),
+    [
+        # Decimal path: values too large for the scaled-integer fast path.
+        ("decimals", [_usage(NEAR_LIMIT, day) for day in (5, 6, 7, 8)]),
+        ("negative decimals", [_usage(f"-{NEAR_LIMIT}", day) for day in (5, 6, 7, 8)]),
+        # Extra rows (more than 10 decimals) among fast-path integers.
+        (
+            "extra rows",
+            [_usage("0.1")] * 12 + [_usage(f"{NEAR_LIMIT}.00000000000000001", 6)] * 2,
+        ),
+    ],
+)
+def test_sums_of_1e20_or_more_are_refused_never_wrapped(
+    label: str, rows: list[dict[str, str | None]]
+) -> None:
+    # Arrow's decimal128 sums wrap around past 2**127: four 9e19 sum to about 1.97e19.
+    with pytest.raises(AmountOutOfRangeError, match="unblended_cost sums to 1e20 or more"):
+        aggregate(cur_table(rows), CUR)
+
+
+def test_a_formula_reaching_1e20_is_refused() -> None:
+    fee = {
+        "line_item_line_item_type": "SavingsPlanRecurringFee",
+        "savings_plan_total_commitment_to_date": NEAR_LIMIT,
+        "savings_plan_used_commitment": f"-{NEAR_LIMIT}",
+    }
+    with pytest.raises(AmountOutOfRangeError, match="amortized_cost"):
+        aggregate(cur_table([fee], *SP_RI_COLUMNS), CUR)
+
+
+def test_merging_partials_that_reach_1e20_is_refused() -> None:
+    half = aggregate(cur_table([_usage("60000000000000000000")]), CUR)
+    with pytest.raises(AmountOutOfRangeError, match="1e20"):
+        merge_partials([half, half])
+    # Streamed batches of one file are merged the same way.
+    table = cur_table([_usage("60000000000000000000")] * 2)
+    with pytest.raises(AmountOutOfRangeError, match="1e20"):
+        aggregate_batches(table.to_batches(max_chunksize=1), CUR)
+
+
+def test_sums_up_to_the_largest_decimal_38_18_are_exact() -> None:
+    parts = ["50000000000000000000", "49999999999999999999.999999999999999999"]
+    partials = aggregate(cur_table([_usage(p) for p in parts]), CUR)
+    merged = merge_partials([partials, aggregate(cur_table([_usage("-1")]), CUR)])
+    with localcontext(prec=60):  # Python's default 28 digits would round these
+        assert total(partials, "unblended_cost") == LARGEST
+        assert total(partials, "unblended_cost", "daily") == LARGEST
+        assert total(merged, "unblended_cost") == LARGEST - 1

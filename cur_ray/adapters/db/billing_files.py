@@ -114,15 +114,21 @@ def register_files(
             values["updated_at"] = now
             # Rows changing the same columns are updated together (executemany by id).
             changes.setdefault(tuple(sorted(values)), []).append({"id": known_row.id, **values})
+    vanished = sorted(
+        (
+            row
+            for key, row in known.items()
+            if key not in listed and row.status != FileStatus.SUPERSEDED
+        ),
+        key=lambda row: row.id,
+    )
+    _lock_in_id_order(
+        session, [r["id"] for rows in changes.values() for r in rows] + [r.id for r in vanished]
+    )
     for rows_of_kind in changes.values():
         for start in range(0, len(rows_of_kind), _CHUNK):
             session.execute(update(BillingFile), rows_of_kind[start : start + _CHUNK])
 
-    vanished = [
-        row
-        for key, row in known.items()
-        if key not in listed and row.status != FileStatus.SUPERSEDED
-    ]
     for start in range(0, len(vanished), _CHUNK):
         gone = vanished[start : start + _CHUNK]
         session.execute(
@@ -135,6 +141,24 @@ def register_files(
         counts.superseded += len(gone)
         counts.affected_periods.update(row.billing_period for row in gone)  # type: ignore[union-attr]
     return counts
+
+
+def _lock_in_id_order(session: Session, ids: list[int]) -> None:
+    """Lock the rows about to change in ascending id order, as Batch B's write does.
+
+    Two transactions that lock rows of one table in the same order cannot deadlock on them;
+    without this, Batch A's updates (grouped by kind) locked rows in listing order. SQLite
+    has no row locks: ``FOR UPDATE`` is left out there.
+    """
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), _CHUNK):
+        chunk = ordered[start : start + _CHUNK]
+        session.execute(
+            select(BillingFile.id)
+            .where(BillingFile.id.in_(chunk))
+            .order_by(BillingFile.id)
+            .with_for_update()
+        ).all()
 
 
 def _known_files(session: Session, project_id: str, bucket: str) -> dict[str, _Known]:

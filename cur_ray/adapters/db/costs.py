@@ -10,15 +10,21 @@ Bulk paths (Batch B writes tens of thousands of rows per project in one transact
 * file costs are inserted straight from the Arrow partials with one ``executemany``
   (SQLite) or multi-row ``INSERT`` statements (PostgreSQL); money goes in as exact decimal
   text, exactly as the :data:`~cur_ray.adapters.db.models.Money` type would store it;
-* summaries are summed with Arrow's exact ``decimal128`` sums: from the partials written in
-  this same transaction (remembered on the session) and from the stored rows of any other
+* summaries are summed exactly on 256 bits: from the partials written in this same
+  transaction (remembered on the session) and from the stored rows of any other
   contributing file, then written with one bulk upsert per table.
+
+A summary figure must fit ``decimal(38, 18)`` (``|x| < 1e20``), like every money column:
+:func:`recompute_period_summaries` raises :class:`AmountOutOfRangeError` before writing
+anything when one would not, and :func:`refuse_out_of_range` tells which of the files about
+to be written cause it, so that those files alone end in ``ERROR``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, cast
 
@@ -38,7 +44,9 @@ from cur_ray.adapters.db.models import (
     utcnow,
 )
 from cur_ray.domain.aggregation import DECIMAL_TYPE
+from cur_ray.domain.billing import FileStatus
 from cur_ray.domain.versions import FileState, contributing_file_ids
+from cur_ray.errors import AmountOutOfRangeError
 
 __all__ = [
     "MONEY_MEASURES",
@@ -47,6 +55,7 @@ __all__ = [
     "monthly_costs",
     "period_file_states",
     "recompute_period_summaries",
+    "refuse_out_of_range",
     "replace_file_costs",
 ]
 
@@ -148,7 +157,7 @@ def replace_file_costs(session: Session, file_id: int, project_id: str, partials
         _FILE_COST_COLUMNS,
         list(zip(*columns, strict=True)),
     )
-    _written(session)[file_id] = partials.select(_COST_SCHEMA.names).cast(_COST_SCHEMA)
+    _written(session)[file_id] = _conformed(partials)
 
 
 def _stored_costs(session: Session, file_ids: Sequence[int]) -> pa.Table:
@@ -171,6 +180,10 @@ def _stored_costs(session: Session, file_ids: Sequence[int]) -> pa.Table:
         else:
             arrays.append(cast(pa.Array, pa.array(values, field.type)))
     return pa.Table.from_arrays(arrays, schema=_COST_SCHEMA)
+
+
+def _conformed(partials: pa.Table) -> pa.Table:
+    return partials.select(_COST_SCHEMA.names).cast(_COST_SCHEMA)
 
 
 def _contributing_costs(session: Session, file_ids: Sequence[int]) -> pa.Table:
@@ -210,33 +223,86 @@ def _version_order(
 
 
 def recompute_period_summaries(session: Session, project_id: str, period: dt.date) -> None:
-    """Rewrite the daily and monthly summaries of one (project, period) from file costs."""
+    """Rewrite the daily and monthly summaries of one (project, period) from file costs.
+
+    Raises :class:`AmountOutOfRangeError`, having written nothing, when a summary figure
+    would reach 1e20 in absolute value.
+    """
     ids = sorted(
         contributing_file_ids(
             period_file_states(session, project_id, period),
             _version_order(session, project_id, period),
         )
     )
-    costs = _contributing_costs(session, ids)
+    daily, monthly = _period_sums(_contributing_costs(session, ids), period)
     now = utcnow()
-    _write(session, CostSummaryDaily, project_id, period, _summed(costs, "daily"), _DAILY_KEY, now)
-    _write(
-        session,
-        CostServiceMonthly,
-        project_id,
-        period,
-        _summed(costs, "monthly"),
-        _MONTHLY_KEY,
-        now,
-    )
+    _write(session, CostSummaryDaily, project_id, period, daily, _DAILY_KEY, now)
+    _write(session, CostServiceMonthly, project_id, period, monthly, _MONTHLY_KEY, now)
+
+
+def refuse_out_of_range(
+    session: Session, project_id: str, period: dt.date, candidates: Mapping[int, pa.Table]
+) -> dict[int, str]:
+    """Which files about to be written would push a summary of ``period`` to 1e20 or more.
+
+    ``candidates`` maps the ids of claimed files of the period to the partials about to be
+    stored for them. They are admitted one by one in id order, each while the summaries of
+    the period, with it and the files admitted before it marked ``DONE`` as
+    :func:`~cur_ray.adapters.db.claims.mark_done` would, all stay below 1e20; the others are
+    returned (id → reason) to end in ``ERROR``, keeping any costs they had before. Call it
+    before writing any of the candidates, holding the period's lock. Only needed once
+    :func:`recompute_period_summaries` has refused the period: it sums the period once per
+    candidate.
+    """
+    states = period_file_states(session, project_id, period)
+    order = _version_order(session, project_id, period)
+    stored: dict[int, pa.Table] = {}
+    admitted: dict[int, pa.Table] = {}
+    refused: dict[int, str] = {}
+    for file_id in sorted(candidates):
+        trial = {**admitted, file_id: _conformed(candidates[file_id])}
+        simulated = [
+            dataclasses.replace(s, status=FileStatus.DONE, costs_etag=s.etag)
+            if s.file_id in trial
+            else s
+            for s in states
+        ]
+        tables = []
+        for i in sorted(contributing_file_ids(simulated, order)):
+            if i not in trial and i not in stored:
+                stored[i] = _contributing_costs(session, [i])
+            tables.append(trial[i] if i in trial else stored[i])
+        costs = pa.concat_tables(tables) if tables else _COST_SCHEMA.empty_table()
+        try:
+            _period_sums(costs, period)
+        except AmountOutOfRangeError as exc:
+            refused[file_id] = f"{exc.message} with this file's costs: refused, not stored"
+        else:
+            admitted[file_id] = trial[file_id]
+    return refused
+
+
+def _period_sums(costs: pa.Table, period: dt.date) -> tuple[pa.Table, pa.Table]:
+    """The daily and monthly sums of a period's costs, refusing figures of 1e20 or more."""
+    sums = _summed(costs, "daily"), _summed(costs, "monthly")
+    for table in sums:
+        for m in MONEY_MEASURES:
+            try:
+                table[m].cast(DECIMAL_TYPE)  # a checked cast: |x| < 1e20
+            except pa.ArrowInvalid as exc:
+                raise AmountOutOfRangeError(
+                    f"{m} of billing period {period:%Y-%m} would total 1e20 or more in "
+                    "absolute value (beyond decimal(38, 18))"
+                ) from exc
+    return sums
 
 
 def _summed(costs: pa.Table, grain: str) -> pa.Table:
     """Exact sums of one grain's rows per summary key (``service_name``: the largest)."""
     keys = list(_DAILY_KEY if grain == "daily" else _MONTHLY_KEY)
     rows = costs.filter(pc.equal(costs["grain"], pa.scalar(grain)))
-    # 256-bit sums: a period total may exceed decimal(38, 18) (|x| >= 1e20) and must then
-    # reach the database exact, for it to store (SQLite) or refuse (PostgreSQL), never wrap.
+    # 256-bit sums: a period total beyond decimal(38, 18) must be seen (and refused), not
+    # wrap around.
     for m in MONEY_MEASURES:
         index = rows.schema.get_field_index(m)
         rows = rows.set_column(index, m, rows[m].cast(_WIDE_TYPE))
