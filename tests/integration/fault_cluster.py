@@ -212,8 +212,8 @@ def run_remove_node(config: dict[str, Any]) -> int:
             return 1
         aggregate_id = _enqueue(ctx, "cur-aggregate", config["projectId"])
         ray.get(coordinator.notify.remote())
-        # Wait until a few files are merged (both nodes have delivered results) and a task
-        # is executing on the victim right now.
+        # Wait until a file is merged (the job is well under way) and a task is executing on
+        # the victim right now.
         deadline = time.monotonic() + 60
         running_at_removal: list[str] = []
         job: dict[str, Any] = {}
@@ -226,7 +226,7 @@ def run_remove_node(config: dict[str, Any]) -> int:
                 break
             running_at_removal = _running_tasks(victim_raylet)
             seen_on_victim += bool(running_at_removal)
-            if progress and progress["done"] >= 2 and running_at_removal:
+            if progress and progress["done"] >= 1 and running_at_removal:
                 break
             time.sleep(0.002)
         if not running_at_removal or job["status"] in FINISHED:

@@ -816,7 +816,9 @@ def test_worker_node_removed_mid_job_loses_nothing(
     postgres_url: str, make_ctx: Callable[..., AppContext], tmp_path: Path
 ) -> None:
     ctx = make_ctx(postgres_url)
-    export = write_export(tmp_path / "bucket", seed=7, files_per_period=30, rows=3000)
+    # 1 000 rows per file: tasks long enough to be caught running on the victim node (with
+    # 100, a fast machine finished the job between two looks).
+    export = write_export(tmp_path / "bucket", seed=7, files_per_period=30, rows=30_000)
     add_local(ctx, "acme", export.root)
     config = {
         "coordinatorEnv": coordinator_environment(ctx),
