@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cur_ray.samples.line_items import LINE_ITEM_TYPES
 from cur_ray.samples.writers import cur2_columns
 
 __all__ = [
@@ -178,20 +179,7 @@ REGIONS: tuple[tuple[str, str, str], ...] = (
 )
 _REGION_WEIGHTS = np.array([0.42, 0.12, 0.14, 0.12, 0.08, 0.06, 0.04, 0.02])
 
-# Line item types and their share of rows (the rest is Usage).
-LINE_ITEM_TYPES: tuple[str, ...] = (
-    "Usage",
-    "DiscountedUsage",
-    "SavingsPlanCoveredUsage",
-    "SavingsPlanNegation",
-    "SavingsPlanRecurringFee",
-    "SavingsPlanUpfrontFee",
-    "RIFee",
-    "Fee",
-    "Tax",
-    "Credit",
-    "Refund",
-)
+# The share of rows of each of LINE_ITEM_TYPES, in its order (the rest is Usage).
 _TYPE_SHARES = np.array([0.0, 0.05, 0.07, 0.07, 0.003, 0.0002, 0.001, 0.0008, 0.002, 0.008, 0.001])
 _TYPE_SHARES[0] = 1.0 - _TYPE_SHARES.sum()
 (USAGE, DISCOUNTED, SP_COVERED, SP_NEGATION, SP_RECURRING, SP_UPFRONT, RI_FEE, FEE, TAX) = range(9)

@@ -68,15 +68,16 @@ __all__ = [
     "MONTHLY_KEYS",
     "PARTIAL_KEYS",
     "PARTIAL_SCHEMA",
+    "WIDE_DECIMAL_TYPE",
     "aggregate",
     "aggregate_batches",
     "merge_partials",
 ]
 
 DECIMAL_TYPE = pa.decimal128(38, 18)
-# Sums and additions run on 256 bits, then come back to DECIMAL_TYPE by a checked cast:
-# Arrow's decimal128 sums wrap around silently past 2**127 (about 1.7e20).
-_WIDE_TYPE = pa.decimal256(76, 18)
+WIDE_DECIMAL_TYPE = pa.decimal256(76, 18)
+"""Sums and additions run on 256 bits, then come back to :data:`DECIMAL_TYPE` by a checked
+cast: Arrow's decimal128 sums wrap around silently past 2**127 (about 1.7e20)."""
 _WIDE_OPERAND_TYPE = pa.decimal256(75, 18)  # Arrow widens an addition's precision by one
 _ZERO = pa.scalar(Decimal(0), DECIMAL_TYPE)
 _MAX_SUM = Decimal(10) ** (DECIMAL_TYPE.precision - DECIMAL_TYPE.scale)  # 1e20: out of range
@@ -309,7 +310,7 @@ def _widened(table: pa.Table, names: Iterable[str]) -> pa.Table:
         largest = max(abs(extremes["min"]), abs(extremes["max"]))
         if largest * len(column) >= _MAX_SUM:
             table = table.set_column(
-                table.schema.get_field_index(name), name, column.cast(_WIDE_TYPE)
+                table.schema.get_field_index(name), name, column.cast(WIDE_DECIMAL_TYPE)
             )
     return table
 
@@ -1128,14 +1129,18 @@ def _group(
     aggregations: list[Any] = [(m, "sum", _sum_options()) for m in sums]
     aggregations.append(([], "count_all"))
     # Decimal sums (_measure_sums narrows them back) run on 256 bits, so they cannot wrap.
-    sums = {m: v.cast(_WIDE_TYPE) if pa.types.is_decimal(v.type) else v for m, v in sums.items()}
+    sums = {
+        m: v.cast(WIDE_DECIMAL_TYPE) if pa.types.is_decimal(v.type) else v for m, v in sums.items()
+    }
     sizes = [d.size for d in dims]
     n = len(dims[0].codes)
     if math.prod(sizes) >= _KEY_LIMIT:
         columns = {f"__k{i}": pa.array(d.codes) for i, d in enumerate(dims)}
         # Rare path: extra rows become sparse decimal columns summed with the rest.
         sparse = {
-            f"__extra_{m}": _scatter(pa.nulls(n, _WIDE_TYPE), rows, values.cast(_WIDE_TYPE))
+            f"__extra_{m}": _scatter(
+                pa.nulls(n, WIDE_DECIMAL_TYPE), rows, values.cast(WIDE_DECIMAL_TYPE)
+            )
             for m, (rows, values) in extras.items()
         }
         table = pa.table({**columns, **sums, **sparse})
@@ -1174,7 +1179,9 @@ def _group(
             if not live.any():
                 continue
             per_key = (
-                pa.table({"k": keys[live], "v": values.filter(pa.array(live)).cast(_WIDE_TYPE)})
+                pa.table(
+                    {"k": keys[live], "v": values.filter(pa.array(live)).cast(WIDE_DECIMAL_TYPE)}
+                )
                 .group_by("k", use_threads=False)
                 .aggregate([("v", "sum")])
             )

@@ -19,7 +19,7 @@ from cur_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from cur_ray.settings import Settings
 
 _ROLE_ARN_PREFIX = "arn:aws"
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")  # ASCII: \d takes any digit
 
 
 def _valid_endpoint(url: str) -> bool:

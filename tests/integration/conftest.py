@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from paths import SHARED_DATA, has_shared_data
 
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
+from cur_ray.logs import JsonFormatter
 from cur_ray.services.context import AppContext
 from cur_ray.settings import Settings
 
@@ -134,3 +137,20 @@ def coordinator_env(ctx: AppContext) -> Iterator[dict[str, str]]:
     yield env
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE), no_restart=True)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Every record of the ``cur_ray`` loggers, formatted as the JSON lines production writes."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("cur_ray")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

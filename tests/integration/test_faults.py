@@ -36,6 +36,7 @@ import psutil
 import psycopg
 import pytest
 import servers
+from processes import kill_session
 from recording_proxy import Fault, RecordedRequest, RecordingProxy
 from sqlalchemy import text
 
@@ -490,35 +491,6 @@ def ray_env(ray_dir: Path) -> dict[str, str]:
         RAY_TMPDIR=str(ray_dir),
     )
     return env
-
-
-def session_processes(sid: int) -> list[psutil.Process]:
-    """Every live process of session ``sid`` (Ray workers keep the session of their cluster)."""
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(OSError, psutil.Error):
-            if (
-                process.pid != os.getpid()
-                and os.getsid(process.pid) == sid
-                and process.status() != psutil.STATUS_ZOMBIE
-            ):
-                found.append(process)
-    return found
-
-
-def kill_session(sid: int) -> int:
-    """Terminate, then kill, every process left in the session; return how many were left."""
-    processes = session_processes(sid)
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=5)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
-    assert not session_processes(sid), "processes of a test cluster survived SIGKILL"
-    return len(processes)
 
 
 @dataclass

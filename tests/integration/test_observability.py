@@ -5,11 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -18,7 +16,6 @@ import ray
 
 from cur_ray.adapters.aws import AwsTarget
 from cur_ray.entrypoints.coordinator import get_coordinator
-from cur_ray.logs import JsonFormatter
 from cur_ray.samples.line_items import generate_line_items
 from cur_ray.samples.writers import upload_tree, write_data_export, write_legacy_csv_export
 from cur_ray.services import jobs as jobs_service
@@ -120,23 +117,6 @@ def test_job_metrics_appear_on_the_metrics_endpoint(
     assert {("cur-fetch", "completed"), ("cur-aggregate", "completed")} <= jobs
     assert done == [2.0], "the coordinator's files gauge shows its 2 DONE files"
     assert max(float(r["__value__"]) for r in series["ray_cur_ray_rows_read_total"]) >= 600
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """Every record of the ``cur_ray`` loggers, formatted as the JSON lines production writes."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("cur_ray")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def test_job_logs_carry_context_and_no_secret(

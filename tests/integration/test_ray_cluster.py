@@ -30,8 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from processes import kill_session
 
 from cur_ray.adapters.crypto import generate_key
 from cur_ray.adapters.db.engine import upgrade_database
@@ -130,32 +130,6 @@ def ray_env(ray_dir: Path) -> dict[str, str]:
         RAY_TMPDIR=str(ray_dir),
     )
     return env
-
-
-def session_processes(sid: int) -> list[psutil.Process]:
-    """Every live process of session ``sid`` (Ray gives workers process groups of their own,
-    so a process group is not enough; they all stay in the session)."""
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(OSError, psutil.Error):
-            if process.pid != os.getpid() and os.getsid(process.pid) == sid:
-                found.append(process)
-    return found
-
-
-def kill_session(sid: int) -> None:
-    """Terminate, then kill, every process of the session the test started."""
-    processes = session_processes(sid)
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=3)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
-    left = session_processes(sid)
-    assert not left, f"processes left behind: {[p.pid for p in left]}"
 
 
 def free_port() -> int:

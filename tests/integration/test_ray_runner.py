@@ -12,7 +12,7 @@ import pytest
 
 from cur_ray.entrypoints.tasks import RayFileRunner, plan_with_ray
 from cur_ray.samples.expected import expected_monthly
-from cur_ray.samples.line_items import generate_line_items
+from cur_ray.samples.line_items import LineItem, generate_line_items
 from cur_ray.samples.writers import write_data_export, write_legacy_csv_export
 from cur_ray.services.context import AppContext
 from cur_ray.services.costs import monthly_costs
@@ -23,11 +23,14 @@ from cur_ray.services.projects import add_project
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 MARCH = dt.date(2024, 3, 1)
+DATA_FOLDER = Path("x") / "data" / "BILLING_PERIOD=2024-03"
 
 
-def test_ray_runner_aggregates_row_groups_exactly(ctx: AppContext, tmp_path: Path) -> None:
-    root = tmp_path / "bucket"
-    items = generate_line_items(period=MARCH, seed=21, rows=3000, accounts=3)
+def parquet_export(
+    root: Path, *, seed: int, rows: int, files: int, row_group_size: int
+) -> list[LineItem]:
+    """A data-export folder of March in Parquet (no manifest); returns its line items."""
+    items = generate_line_items(period=MARCH, seed=seed, rows=rows, accounts=3)
     write_data_export(
         root,
         prefix="",
@@ -36,18 +39,27 @@ def test_ray_runner_aggregates_row_groups_exactly(ctx: AppContext, tmp_path: Pat
         execution_id="e",
         items=items,
         file_format="parquet",
-        files=2,
-        row_group_size=200,
+        files=files,
+        row_group_size=row_group_size,
         write_manifest=False,
     )
-    bad = root / "x" / "data" / "BILLING_PERIOD=2024-03" / "broken.snappy.parquet"
-    bad.write_bytes(b"PAR1 nope")
+    return items
+
+
+def add_acme(ctx: AppContext, root: Path) -> None:
+    with ctx.db.transaction() as session:
+        add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
+
+
+def test_ray_runner_aggregates_row_groups_exactly(ctx: AppContext, tmp_path: Path) -> None:
+    root = tmp_path / "bucket"
+    items = parquet_export(root, seed=21, rows=3000, files=2, row_group_size=200)
+    (root / DATA_FOLDER / "broken.snappy.parquet").write_bytes(b"PAR1 nope")
     csv_items = generate_line_items(period=MARCH, seed=22, rows=500)
     write_legacy_csv_export(
         root, prefix="", report="r", period=MARCH, assembly_id="a", items=csv_items
     )
-    with ctx.db.transaction() as session:
-        add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
+    add_acme(ctx, root)
 
     fetched = run_cur_fetch_batch("acme", ctx=ctx, planner=plan_with_ray)
     assert fetched.projects[0].registered == 4
@@ -79,19 +91,7 @@ def test_row_groups_that_together_reach_1e20_error_their_file_only(
 ) -> None:
     """Each row group fits decimal(38, 18); their merge in the coordinator would not."""
     root = tmp_path / "bucket"
-    items = generate_line_items(period=MARCH, seed=23, rows=400, accounts=2)
-    write_data_export(
-        root,
-        prefix="",
-        export="x",
-        period=MARCH,
-        execution_id="e",
-        items=items,
-        file_format="parquet",
-        files=1,
-        row_group_size=100,
-        write_manifest=False,
-    )
+    items = parquet_export(root, seed=23, rows=400, files=1, row_group_size=100)
     huge = pa.table(
         {
             "bill_billing_period_start_date": ["2024-03-01T00:00:00Z"] * 3,
@@ -103,10 +103,8 @@ def test_row_groups_that_together_reach_1e20_error_their_file_only(
             "line_item_unblended_cost": ["60000000000000000000"] * 3,
         }
     )
-    folder = root / "x" / "data" / "BILLING_PERIOD=2024-03"
-    pq.write_table(huge, folder / "huge.snappy.parquet", row_group_size=1)
-    with ctx.db.transaction() as session:
-        add_project(session, ctx.settings, project_id="acme", storage_url=f"file://{root}")
+    pq.write_table(huge, root / DATA_FOLDER / "huge.snappy.parquet", row_group_size=1)
+    add_acme(ctx, root)
 
     run_cur_fetch_batch("acme", ctx=ctx, planner=plan_with_ray)
     result = run_cur_aggregate_batch(

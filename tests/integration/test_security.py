@@ -22,9 +22,8 @@ import datetime as dt
 import hashlib
 import io
 import json
-import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ from cur_ray.adapters.db.models import BatchJob, BillingFile
 from cur_ray.entrypoints.cli import app as cli_app
 from cur_ray.entrypoints.http_api import create_app
 from cur_ray.errors import ConfigurationError
-from cur_ray.logs import JsonFormatter
 from cur_ray.samples.line_items import generate_line_items
 from cur_ray.samples.writers import upload_tree, write_legacy_csv_export
 from cur_ray.services import jobs as jobs_service
@@ -72,23 +70,6 @@ def dump_database(ctx: AppContext) -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """Every record of the ``cur_ray`` loggers, formatted as the JSON lines production writes."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("cur_ray")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 @pytest.fixture

@@ -26,23 +26,10 @@ from cur_ray.domain.aggregation import (
 )
 from cur_ray.domain.billing import SourceFormat
 from cur_ray.samples.expected import expected_daily, expected_monthly
+from cur_ray.samples.line_items import LINE_ITEM_TYPES
 
 N = 100_000
-TYPES = (
-    "Usage",
-    "Usage",
-    "Usage",
-    "DiscountedUsage",
-    "SavingsPlanCoveredUsage",
-    "SavingsPlanNegation",
-    "SavingsPlanRecurringFee",
-    "SavingsPlanUpfrontFee",
-    "RIFee",
-    "Fee",
-    "Tax",
-    "Credit",
-    "Refund",
-)
+TYPES = ("Usage", "Usage", *LINE_ITEM_TYPES)  # Usage three times as likely as the others
 COST_COLUMNS = (
     "line_item_unblended_cost",
     "line_item_blended_cost",

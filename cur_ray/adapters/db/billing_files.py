@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -148,8 +148,10 @@ def _lock_in_id_order(session: Session, ids: list[int]) -> None:
 
     Two transactions that lock rows of one table in the same order cannot deadlock on them;
     without this, Batch A's updates (grouped by kind) locked rows in listing order. SQLite
-    has no row locks: ``FOR UPDATE`` is left out there.
+    has no row locks (its write transactions run one at a time): nothing to do there.
     """
+    if session.get_bind().dialect.name != "postgresql":
+        return
     ordered = sorted(set(ids))
     for start in range(0, len(ordered), _CHUNK):
         chunk = ordered[start : start + _CHUNK]
@@ -200,17 +202,12 @@ def _row_builder(
     Values are converted exactly as the model's column types would (the dialect's own bind
     processors: datetimes and dates are text on SQLite).
     """
-    dialect = connection.dialect
     table = BillingFile.__table__
-    stamp = table.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect) or _same
-    day = table.c.billing_period.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    stamp = driver_value(table.c.updated_at, connection)
+    day = driver_value(table.c.billing_period, connection)
     created = stamp(now)
-    formats: dict[Any, str] = {}
 
     def row(f: DiscoveredFile) -> tuple[Any, ...]:
-        fmt = formats.get(f.format)
-        if fmt is None:
-            fmt = formats[f.format] = f.format.value
         return (
             project_id,
             bucket,
@@ -220,7 +217,7 @@ def _row_builder(
             None if f.last_modified is None else stamp(f.last_modified),
             f.report_name,
             day(f.billing_period),
-            fmt,
+            f.format.value,
             f.version_id,
             _PENDING if f.current else _SUPERSEDED,
             0,
@@ -235,7 +232,18 @@ _PENDING = FileStatus.PENDING.value
 _SUPERSEDED = FileStatus.SUPERSEDED.value
 
 
-def _same(value: Any) -> Any:
+def driver_value(column: ColumnElement[Any], connection: Connection) -> Callable[[Any], Any]:
+    """How ``column``'s type turns a Python value into what the driver takes.
+
+    The dialect's own bind processor (dates and datetimes are text on SQLite), for bulk
+    statements that bypass the ORM but must store exactly what it would.
+    """
+    dialect = connection.dialect
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process or _unchanged
+
+
+def _unchanged(value: Any) -> Any:
     return value
 
 

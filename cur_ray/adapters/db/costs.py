@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cur_ray.adapters.db.billing_files import bulk_insert, dialect_insert
+from cur_ray.adapters.db.billing_files import bulk_insert, dialect_insert, driver_value
 from cur_ray.adapters.db.models import (
     MEASURE_COLUMNS,
     BillingFile,
@@ -43,7 +43,7 @@ from cur_ray.adapters.db.models import (
     ReportVersion,
     utcnow,
 )
-from cur_ray.domain.aggregation import DECIMAL_TYPE
+from cur_ray.domain.aggregation import DECIMAL_TYPE, WIDE_DECIMAL_TYPE
 from cur_ray.domain.billing import FileStatus
 from cur_ray.domain.versions import FileState, contributing_file_ids
 from cur_ray.errors import AmountOutOfRangeError
@@ -63,7 +63,6 @@ MONEY_MEASURES = tuple(m for m in MEASURE_COLUMNS if m != "line_items")
 _DAILY_KEY = ("usage_date", "usage_account_id", "currency")
 _MONTHLY_KEY = ("usage_account_id", "service_code", "charge_category", "currency")
 _ID_CHUNK = 500  # ids per IN (...) list
-_WIDE_TYPE = pa.decimal256(76, 18)
 _WRITTEN = "cur_ray.written_file_costs"  # session.info: file id -> partials written here
 
 _FILE_COST_COLUMNS = (
@@ -284,16 +283,20 @@ def refuse_out_of_range(
 
 def _period_sums(costs: pa.Table, period: dt.date) -> tuple[pa.Table, pa.Table]:
     """The daily and monthly sums of a period's costs, refusing figures of 1e20 or more."""
-    sums = _summed(costs, "daily"), _summed(costs, "monthly")
-    for table in sums:
-        for m in MONEY_MEASURES:
-            try:
-                table[m].cast(DECIMAL_TYPE)  # a checked cast: |x| < 1e20
-            except pa.ArrowInvalid as exc:
-                raise AmountOutOfRangeError(
-                    f"{m} of billing period {period:%Y-%m} would total 1e20 or more in "
-                    "absolute value (beyond decimal(38, 18))"
-                ) from exc
+    return _narrowed(_summed(costs, "daily"), period), _narrowed(_summed(costs, "monthly"), period)
+
+
+def _narrowed(sums: pa.Table, period: dt.date) -> pa.Table:
+    """``sums`` with its 256-bit money columns back in ``decimal(38, 18)`` (|x| < 1e20)."""
+    for m in MONEY_MEASURES:
+        try:
+            column = sums[m].cast(DECIMAL_TYPE)  # a checked cast
+        except pa.ArrowInvalid as exc:
+            raise AmountOutOfRangeError(
+                f"{m} of billing period {period:%Y-%m} would total 1e20 or more in "
+                "absolute value (beyond decimal(38, 18))"
+            ) from exc
+        sums = sums.set_column(sums.schema.get_field_index(m), m, column)
     return sums
 
 
@@ -305,7 +308,7 @@ def _summed(costs: pa.Table, grain: str) -> pa.Table:
     # wrap around.
     for m in MONEY_MEASURES:
         index = rows.schema.get_field_index(m)
-        rows = rows.set_column(index, m, rows[m].cast(_WIDE_TYPE))
+        rows = rows.set_column(index, m, rows[m].cast(WIDE_DECIMAL_TYPE))
     options = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
     aggregations: list[Any] = [(m, "sum", options) for m in MONEY_MEASURES]
     aggregations.append(("line_items", "sum"))
@@ -336,8 +339,8 @@ def _write(
     table = model.__table__
     n = sums.num_rows
     # The driver value of ``now`` exactly as the column type writes it (text on SQLite).
-    stamp = table.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect) or _identity
-    period_value = period.isoformat() if dialect.name == "sqlite" else period
+    stamp = driver_value(table.c.updated_at, connection)
+    period_value = driver_value(table.c.billing_period, connection)(period)
     extra = ["service_name"] if model is CostServiceMonthly else []
     columns = ["project_id", "billing_period", *keys, *extra, *MEASURE_COLUMNS, "updated_at"]
     values: list[list[Any]] = [[project_id] * n, [period_value] * n]
@@ -368,10 +371,6 @@ def _write(
     stale = [row[0] for row in existing if tuple(_key_text(v) for v in row[1:]) not in kept]
     for start in range(0, len(stale), _ID_CHUNK):
         session.execute(table.delete().where(table.c.id.in_(stale[start : start + _ID_CHUNK])))
-
-
-def _identity(value: Any) -> Any:
-    return value
 
 
 # ------------------------------------------------------------------------------ queries
